@@ -1,0 +1,309 @@
+"""Batched feature extraction: DataLoader decoding, eager/CUDA/ONNX runtimes, the feature cache.
+
+Workers decode and resize to uint8; normalisation happens inside the model (on the GPU when there
+is one), so the same module serves every runtime. Unreadable files are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .cache import FeatureCache, atomic_write, file_key
+from .errors import ImageError, InputError
+from .features.base import Extractor
+from .images import DEFAULT_MAX_PIXELS, ImageSet, load_image
+
+log = logging.getLogger("lookalike")
+
+DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "torch", "onnx")
+FLUSH_SECONDS = 30.0
+
+
+@dataclass
+class Skipped:
+    """An image left out of a run, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Embeddings:
+    """Features of the readable images of a set: ``features[j]`` belongs to ``images.paths[indices[j]]``."""
+
+    features: np.ndarray
+    indices: np.ndarray
+    skipped: list[Skipped] = field(default_factory=list)
+    n_cached: int = 0
+    n_extracted: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is visible to PyTorch on this machine")
+    return torch.device(device)
+
+
+class _Decoded(Dataset):
+    """Decodes, orients and resizes image ``i`` to a (3, h, w) uint8 tensor, or reports why not."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int) -> None:
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        height, width = self.size
+        try:
+            img = load_image(
+                self.paths[i], max_pixels=self.max_pixels, draft_size=max(height, width)
+            )
+        except ImageError as exc:
+            return i, None, exc.reason
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), ""
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    ids = [i for i, t, _ in items if t is not None]
+    tensors = [t for _, t, _ in items if t is not None]
+    errors = [(i, reason) for i, t, reason in items if t is None]
+    return ids, (torch.stack(tensors) if tensors else None), errors
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+Runner = Callable[[torch.Tensor], np.ndarray]
+
+
+def make_runner(
+    extractor: Extractor, device: torch.device, runtime: str, cache_dir: Path | None
+) -> Runner:
+    """A function from a uint8 batch (n, 3, h, w) to L2-normalised float32 features (n, d)."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    use_onnx = device.type == "cpu" and extractor.exportable and runtime in ("auto", "onnx")
+    if use_onnx:
+        try:
+            return _onnx_runner(extractor, cache_dir)
+        except ImportError:
+            if runtime == "onnx":
+                raise InputError(
+                    "--runtime onnx needs onnxruntime: pip install onnxruntime onnx"
+                ) from None
+        except Exception as exc:  # an export problem must not stop a search: eager still works
+            log.warning("ONNX export of %s failed (%s); using eager PyTorch", extractor.name, exc)
+    return _torch_runner(extractor, device)
+
+
+def _torch_runner(extractor: Extractor, device: torch.device) -> Runner:
+    module = extractor.module.to(device).eval()
+    cuda = device.type == "cuda"
+    if cuda or extractor.exportable:
+        module = module.to(memory_format=torch.channels_last)
+
+    def run(batch: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            x = batch.to(device, non_blocking=cuda).float()
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                out = module(x)
+            return out.float().cpu().numpy()
+
+    return run
+
+
+def _onnx_runner(extractor: Extractor, cache_dir: Path | None) -> Runner:
+    import onnxruntime as ort
+
+    folder = (cache_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "lookalike") / "onnx"
+    path = folder / f"{extractor.name}-{extractor.key}.onnx"
+    if not path.is_file():
+        _export_onnx(extractor, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: torch.Tensor) -> np.ndarray:
+        return session.run(None, {"pixels": batch.numpy().astype(np.float32)})[0]
+
+    return run
+
+
+def _export_onnx(extractor: Extractor, path: Path) -> None:
+    height, width = extractor.preprocess.size
+    example = torch.zeros(2, 3, height, width)
+    module = extractor.module.cpu().eval()
+    tmp = path.with_suffix(".export.onnx")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            dynamo=False,
+        )
+    data = tmp.read_bytes()
+    tmp.unlink()
+    atomic_write(path, lambda h: h.write(data))
+
+
+@dataclass
+class ExtractOptions:
+    """How to run extraction; none of these change the features (bar bf16 on CUDA)."""
+
+    device: str = "auto"
+    runtime: str = "auto"
+    batch_size: int | None = None
+    num_workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False
+    progress: bool = True
+    cache_dir: Path | None = None
+    use_cache: bool = True
+
+
+def embed(
+    extractor: Extractor,
+    images: ImageSet,
+    options: ExtractOptions | None = None,
+    *,
+    label: str = "images",
+) -> Embeddings:
+    """Features for every readable image of ``images``; cached ones are not extracted again.
+
+    Unreadable files are logged and listed in ``skipped`` (or raise under ``options.strict``).
+    New vectors reach the cache every ``FLUSH_SECONDS`` and at the end, so an interrupted run
+    resumes where it stopped.
+    """
+    opts = options or ExtractOptions()
+    cache = None
+    if opts.use_cache and opts.cache_dir is not None:
+        cache = FeatureCache(opts.cache_dir, extractor.key, extractor.describe())
+    n = len(images)
+    vectors = np.zeros((n, extractor.dim), dtype=np.float32)
+    done = np.zeros(n, dtype=bool)
+    keys = [file_key(p) for p in images.paths]
+    if cache is not None:
+        for i, key in enumerate(keys):
+            row = cache.get(key) if key else None
+            if row is not None and row.shape == (extractor.dim,):
+                vectors[i], done[i] = row, True
+    n_cached = int(done.sum())
+    todo = np.flatnonzero(~done).tolist()
+    skipped: list[Skipped] = []
+    if todo:
+        job = _Job(vectors, done, todo, keys, extractor, images, cache, opts, label)
+        skipped = job.run()
+    indices = np.flatnonzero(done)
+    return Embeddings(vectors[indices], indices, skipped, n_cached, len(indices) - n_cached)
+
+
+@dataclass
+class _Job:
+    """One extraction pass over the images not found in the cache."""
+
+    vectors: np.ndarray
+    done: np.ndarray
+    todo: list[int]
+    keys: list[str | None]
+    extractor: Extractor
+    images: ImageSet
+    cache: FeatureCache | None
+    opts: ExtractOptions
+    label: str
+
+    def _loader(self, cuda: bool) -> DataLoader:
+        batch_size = self.opts.batch_size or (256 if cuda else 32)
+        workers = self.opts.num_workers
+        if workers is None:
+            enough = len(self.todo) >= 2 * batch_size
+            workers = min(8 if cuda else 4, os.cpu_count() or 1) if enough else 0
+        paths = [self.images.paths[i] for i in self.todo]
+        dataset = _Decoded(paths, self.extractor.preprocess.size, self.opts.max_pixels)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=cuda,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def run(self) -> list[Skipped]:
+        device = resolve_device(self.opts.device)
+        runner = make_runner(self.extractor, device, self.opts.runtime, self.opts.cache_dir)
+        loader = self._loader(device.type == "cuda")
+        skipped: list[Skipped] = []
+        quiet = not self.opts.progress or not sys.stderr.isatty()
+        bar = tqdm(
+            total=len(self.todo),
+            unit="img",
+            desc=f"extracting {self.label}",
+            file=sys.stderr,
+            disable=quiet,
+            dynamic_ncols=True,
+        )
+        last_flush = time.monotonic()
+        try:
+            for local_ids, batch, errors in loader:
+                for local, reason in errors:
+                    skipped.append(self._skip(self.todo[local], reason))
+                if batch is not None:
+                    self._store([self.todo[j] for j in local_ids], runner(batch))
+                bar.update(len(local_ids) + len(errors))
+                if self.cache is not None and time.monotonic() - last_flush > FLUSH_SECONDS:
+                    self.cache.flush()
+                    last_flush = time.monotonic()
+        finally:
+            bar.close()
+            if self.cache is not None:
+                self.cache.flush()
+        return skipped
+
+    def _skip(self, i: int, reason: str) -> Skipped:
+        if self.opts.strict:
+            raise ImageError(self.images.paths[i], reason)
+        log.warning("skipped %s: %s", self.images.paths[i], reason)
+        return Skipped(self.images.names[i], reason)
+
+    def _store(self, ids: list[int], out: np.ndarray) -> None:
+        self.vectors[ids], self.done[ids] = out, True
+        if self.cache is not None:
+            for i, row in zip(ids, out, strict=True):
+                key = self.keys[i]
+                if key:
+                    self.cache.put(key, row)

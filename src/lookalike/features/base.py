@@ -1,0 +1,94 @@
+"""What every feature extractor is: preprocessing, output size and a torch module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Bump when a change alters the features an unchanged model gives, so cached vectors are dropped.
+FEATURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes model input: resize to ``size`` (height, width), then
+    ``(pixel / 255 - mean) / std`` per channel."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+class FeatureNet(nn.Module):
+    """Normalises 0..255 float pixels, runs ``body`` and L2-normalises its (n, d) output.
+
+    One module per extractor, so the eager, CUDA and ONNX runtimes all compute the same thing.
+    """
+
+    def __init__(self, body: nn.Module, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.body = body
+        mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        features = self.body(x).float()
+        return nn.functional.normalize(features, p=2.0, dim=1, eps=1e-12)
+
+
+@dataclass
+class Extractor:
+    """A named feature model ready to embed images.
+
+    ``options`` are the creation options (saved with caches and indexes so a result can be
+    explained and reproduced); ``exportable`` says whether the ONNX CPU runtime may run it.
+    """
+
+    name: str
+    module: FeatureNet
+    preprocess: Preprocess
+    dim: int
+    options: dict[str, Any] = field(default_factory=dict)
+    exportable: bool = True
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the features: name, options, preprocessing, weights."""
+        return {
+            "name": self.name,
+            "options": {k: _jsonable(v) for k, v in sorted(self.options.items())},
+            "preprocess": asdict(self.preprocess),
+            "dim": self.dim,
+            "weights": self.identity,
+            "feature_version": FEATURE_VERSION,
+        }
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of :meth:`describe`, used to key caches and exported models."""
+        text = json.dumps(self.describe(), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Path, size and modification time of a weights file, so a changed file changes the key."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -1,0 +1,115 @@
+"""Exact nearest neighbours in blocks: bounded memory, deterministic order for ties.
+
+Scores are cosine similarities (higher is better) or Euclidean distances (lower is better). Ties
+are always broken by the lower gallery index, so results never depend on the block size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+METRICS = ("cosine", "euclidean")
+QUERY_BLOCK = 256
+GALLERY_BLOCK = 16_384
+RANK_BLOCK_ELEMENTS = 16_000_000
+
+
+def _check(queries: np.ndarray, gallery: np.ndarray, metric: str) -> None:
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise InputError(
+            f"feature shapes do not match: queries {queries.shape}, gallery {gallery.shape}"
+        )
+
+
+def _goodness(q: np.ndarray, g: np.ndarray, g_sq: np.ndarray, metric: str) -> np.ndarray:
+    """Higher-is-better block scores: cosine, or ``2 q.g - |g|^2`` (= |q|^2 - distance^2)."""
+    dots = q @ g.T
+    return dots if metric == "cosine" else 2.0 * dots - g_sq[None, :]
+
+
+def _to_score(good: np.ndarray, q_sq: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        return good
+    return np.sqrt(np.maximum(q_sq[:, None] - good, 0.0))
+
+
+def _best_k(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (value desc, index asc) of ``values`` with global ``index`` (same shape)."""
+    if values.shape[1] > k:
+        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(values, part, axis=1).min(axis=1)
+        crowded = np.flatnonzero((values >= kth[:, None]).sum(axis=1) > k)
+        for r in crowded:  # ties straddle the cut: keep the lowest indices among equals
+            cand = np.flatnonzero(values[r] >= kth[r])
+            order = np.lexsort((index[r, cand], -values[r, cand]))[:k]
+            part[r] = cand[order]
+        values = np.take_along_axis(values, part, axis=1)
+        index = np.take_along_axis(index, part, axis=1)
+    order = np.lexsort((index, -values), axis=1)
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(index, order, axis=1)
+
+
+def topk(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    metric: str = "cosine",
+    *,
+    query_block: int = QUERY_BLOCK,
+    gallery_block: int = GALLERY_BLOCK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery rows of each query: (indices, scores), each (n_queries, k').
+
+    ``k' = min(k, len(gallery))``. Memory is bounded by ``query_block x gallery_block`` scores.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+    _check(queries, gallery, metric)
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    k = min(k, len(gallery))
+    n_q = len(queries)
+    out_idx = np.zeros((n_q, k), dtype=np.int64)
+    out_score = np.zeros((n_q, k), dtype=np.float32)
+    if k == 0 or n_q == 0:
+        return out_idx, out_score
+    g_sq = np.einsum("ij,ij->i", gallery, gallery)
+    for q0 in range(0, n_q, query_block):
+        q = queries[q0 : q0 + query_block]
+        best_v = np.full((len(q), 0), -np.inf, dtype=np.float32)
+        best_i = np.zeros((len(q), 0), dtype=np.int64)
+        for g0 in range(0, len(gallery), gallery_block):
+            g1 = min(g0 + gallery_block, len(gallery))
+            vals = _goodness(q, gallery[g0:g1], g_sq[g0:g1], metric)
+            idx = np.broadcast_to(np.arange(g0, g1, dtype=np.int64), vals.shape)
+            vals, idx = _best_k(vals, idx, k)
+            best_v, best_i = _best_k(np.hstack([best_v, vals]), np.hstack([best_i, idx]), k)
+        q_sq = np.einsum("ij,ij->i", q, q)
+        out_idx[q0 : q0 + len(q)] = best_i
+        out_score[q0 : q0 + len(q)] = _to_score(best_v, q_sq, metric)
+    return out_idx, out_score
+
+
+def full_rankings(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    metric: str = "cosine",
+    *,
+    max_elements: int = RANK_BLOCK_ELEMENTS,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_query, order)`` blocks: each row of ``order`` ranks the whole gallery,
+    best first, ties by lower index (the same order :func:`topk` gives). For mAP."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+    _check(queries, gallery, metric)
+    g_sq = np.einsum("ij,ij->i", gallery, gallery)
+    rows = max(1, max_elements // max(1, len(gallery)))
+    for q0 in range(0, len(queries), rows):
+        good = _goodness(queries[q0 : q0 + rows], gallery, g_sq, metric)
+        yield q0, np.argsort(-good, axis=1, kind="stable")
