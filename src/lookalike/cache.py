@@ -58,9 +58,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 class FeatureCache:
     """Cached vectors of one extractor: ``get`` what is known, ``put`` new rows, ``flush`` them."""
 
-    def __init__(
-        self, root: str | Path, extractor_key: str, description: dict | None = None
-    ) -> None:
+    def __init__(self, root: str | Path, extractor_key: str, description: dict | None = None) -> None:
         self.folder = Path(root) / "features" / extractor_key
         self.description = description or {}
         self._rows: dict[str, np.ndarray] = {}

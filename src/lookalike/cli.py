@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
@@ -60,12 +60,8 @@ def _friendly(func: Any) -> Any:
 
 
 # Options shared by the commands that extract features.
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Extractor name (see `lookalike models`).")
-]
-WeightsOpt = Annotated[
-    Path | None, typer.Option("--weights", help="Local weights file for the model.")
-]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Extractor name (see `lookalike models`).")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the model.")]
 PoolOpt = Annotated[str | None, typer.Option("--pool", help="CNN pooling: avg, gem or mac.")]
 ModelOptionOpt = Annotated[
     list[str] | None,
@@ -73,32 +69,18 @@ ModelOptionOpt = Annotated[
 ]
 MetricOpt = Annotated[str, typer.Option("--metric", help="cosine (default) or euclidean.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-RuntimeOpt = Annotated[
-    str, typer.Option("--runtime", help="auto (ONNX Runtime on CPU), torch or onnx.")
-]
+RuntimeOpt = Annotated[str, typer.Option("--runtime", help="auto (ONNX Runtime on CPU), torch or onnx.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes.")]
-MaxPixelsOpt = Annotated[
-    int, typer.Option("--max-pixels", help="Skip images with more pixels than this.")
-]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Skip images with more pixels than this.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
-NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")
-]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder.")]
-QLabelsOpt = Annotated[
-    Path | None, typer.Option("--query-labels", help="path,label CSV for the queries.")
-]
-GLabelsOpt = Annotated[
-    Path | None, typer.Option("--gallery-labels", help="path,label CSV for the gallery.")
-]
-QueryArg = Annotated[
-    Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")
-]
-GalleryArg = Annotated[
-    Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")
-]
+QLabelsOpt = Annotated[Path | None, typer.Option("--query-labels", help="path,label CSV for the queries.")]
+GLabelsOpt = Annotated[Path | None, typer.Option("--gallery-labels", help="path,label CSV for the gallery.")]
+QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
+GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]
 
 
 def _parse_value(text: str) -> Any:
@@ -108,16 +90,12 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _model_options(
-    weights: Path | None, pool: str | None, extra: list[str] | None
-) -> dict[str, Any]:
+def _model_options(weights: Path | None, pool: str | None, extra: list[str] | None) -> dict[str, Any]:
     options: dict[str, Any] = {"weights": str(weights) if weights else None, "pool": pool}
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(
-                f"expected KEY=VALUE, got {item!r}", param_hint="--model-option"
-            )
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
         options[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return options
 
@@ -131,9 +109,7 @@ def _print_metrics(metrics: RetrievalMetrics, console: Console) -> None:
     console.print(table)
     if metrics.excluded:
         shown = ", ".join(metrics.excluded[:5]) + (" ..." if len(metrics.excluded) > 5 else "")
-        console.print(
-            f"left out {len(metrics.excluded)} query(s) whose label has no gallery image: {shown}"
-        )
+        console.print(f"left out {len(metrics.excluded)} query(s) whose label has no gallery image: {shown}")
 
 
 def _print_summary(run: pipeline.SearchRun, quiet: bool) -> None:
@@ -148,9 +124,7 @@ def _print_summary(run: pipeline.SearchRun, quiet: bool) -> None:
     for which in ("query", "gallery"):
         note = "nothing new extracted" if ext[which] == 0 else f"{ext[which]} extracted"
         err.print(f"{which}: {ext[which] + hit[which]} images, {hit[which]} from cache, {note}")
-    err.print(
-        f"extraction {run.stats['extract_seconds']:.2f} s, search {run.stats['search_seconds']:.3f} s"
-    )
+    err.print(f"extraction {run.stats['extract_seconds']:.2f} s, search {run.stats['search_seconds']:.3f} s")
 
 
 def _run(
@@ -219,18 +193,12 @@ def search(
     ] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Add each result's score.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="default or challenge.")] = "default",
-    group: Annotated[
-        str | None, typer.Option("--group", help="Group name for --format challenge.")
-    ] = None,
-    evaluate: Annotated[
-        bool, typer.Option("--evaluate", help="Also print top-1/3/10 and mAP.")
-    ] = False,
+    group: Annotated[str | None, typer.Option("--group", help="Group name for --format challenge.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Also print top-1/3/10 and mAP.")] = False,
     metrics_json: Annotated[
         Path | None, typer.Option("--json", help="With --evaluate: metrics JSON.")
     ] = None,
-    summary: Annotated[
-        Path | None, typer.Option("--summary", help="Write the run summary as JSON.")
-    ] = None,
+    summary: Annotated[Path | None, typer.Option("--summary", help="Write the run summary as JSON.")] = None,
     model: ModelOpt = pipeline.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
@@ -282,18 +250,14 @@ def search(
     else:
         run.write_json(output, scores=scores, fmt=fmt, group=group)
         if not quiet:
-            err.print(
-                f"wrote {len(doc if fmt == 'default' else doc['images'])} queries' results to {output}"
-            )
+            err.print(f"wrote {len(doc if fmt == 'default' else doc['images'])} queries' results to {output}")
     _print_summary(run, quiet)
     if run.metrics is not None:
         _print_metrics(run.metrics, err)
         if metrics_json:
             _write_metrics_json(metrics_json, run)
     if summary:
-        summary.write_text(
-            json.dumps(run.summary(), indent=2, ensure_ascii=False), encoding="utf-8"
-        )
+        summary.write_text(json.dumps(run.summary(), indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 @app.command()

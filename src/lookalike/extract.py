@@ -76,9 +76,7 @@ class _Decoded(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         height, width = self.size
         try:
-            img = load_image(
-                self.paths[i], max_pixels=self.max_pixels, draft_size=max(height, width)
-            )
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=max(height, width))
         except ImageError as exc:
             return i, None, exc.reason
         if img.size != (width, height):
@@ -102,9 +100,7 @@ def _worker_init(_: int) -> None:
 Runner = Callable[[torch.Tensor], np.ndarray]
 
 
-def make_runner(
-    extractor: Extractor, device: torch.device, runtime: str, cache_dir: Path | None
-) -> Runner:
+def make_runner(extractor: Extractor, device: torch.device, runtime: str, cache_dir: Path | None) -> Runner:
     """A function from a uint8 batch (n, 3, h, w) to L2-normalised float32 features (n, d)."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -114,9 +110,7 @@ def make_runner(
             return _onnx_runner(extractor, cache_dir)
         except ImportError:
             if runtime == "onnx":
-                raise InputError(
-                    "--runtime onnx needs onnxruntime: pip install onnxruntime onnx"
-                ) from None
+                raise InputError("--runtime onnx needs onnxruntime: pip install onnxruntime onnx") from None
         except Exception as exc:  # an export problem must not stop a search: eager still works
             log.warning("ONNX export of %s failed (%s); using eager PyTorch", extractor.name, exc)
     return _torch_runner(extractor, device)

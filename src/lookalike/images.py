@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import warnings
@@ -64,9 +65,7 @@ def load_image(
             img = Image.open(path)
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(
-                    path, f"{width}x{height} image is over the limit of {max_pixels:,} pixels"
-                )
+                raise ImageError(path, f"{width}x{height} image is over the limit of {max_pixels:,} pixels")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if draft_size and img.format == "JPEG":
@@ -80,10 +79,8 @@ def load_image(
         raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"truncated or corrupt image ({exc})") from None
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture itself
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose the picture itself
-        pass
     return to_rgb(img)
 
 
@@ -129,9 +126,7 @@ class ImageSet:
         self.paths = [Path(p) for p in self.paths]
         self.root = Path(self.root)
         if self.labels is not None and len(self.labels) != len(self.paths):
-            raise InputError(
-                f"{self.source}: {len(self.labels)} labels for {len(self.paths)} images"
-            )
+            raise InputError(f"{self.source}: {len(self.labels)} labels for {len(self.paths)} images")
         self._names = [_relative_name(p, self.root) for p in self.paths]
 
     def __len__(self) -> int:
@@ -191,13 +186,9 @@ def _from_folder(folder: Path) -> ImageSet:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         base = Path(dirpath)
-        paths.extend(
-            base / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(f)
-        )
+        paths.extend(base / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(f))
     if not paths:
-        raise InputError(
-            f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise InputError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     rel = [p.relative_to(folder) for p in paths]
     labels = [r.parts[0] for r in rel] if all(len(r.parts) > 1 for r in rel) else None
     return ImageSet(paths, folder, labels, str(folder))

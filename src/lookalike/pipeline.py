@@ -44,9 +44,7 @@ class SearchRun:
             for q, row in zip(self.query_names, self.indices, strict=True)
         }
 
-    def to_json(
-        self, *, scores: bool = False, fmt: str = "default", group: str | None = None
-    ) -> dict:
+    def to_json(self, *, scores: bool = False, fmt: str = "default", group: str | None = None) -> dict:
         """The results document: ``default`` (optionally with scores) or the challenge format
         ``{"groupname": NAME, "images": {query file name: [gallery file names]}}``."""
         if fmt not in FORMATS:
@@ -110,9 +108,7 @@ def _as_extractor(model: str | Extractor, model_options: dict[str, Any] | None) 
     return create_extractor(model, **(model_options or {}))
 
 
-def _embed_set(
-    extractor: Extractor, images: ImageSet, opts: ExtractOptions, label: str
-) -> Embeddings:
+def _embed_set(extractor: Extractor, images: ImageSet, opts: ExtractOptions, label: str) -> Embeddings:
     result = embed(extractor, images, opts, label=label)
     if len(result.indices) == 0:
         raise NothingToProcessError(
@@ -181,8 +177,6 @@ def search(
     return run
 
 
-def evaluate(
-    query: str | Path | ImageSet, gallery: str | Path | ImageSet, **kwargs: Any
-) -> SearchRun:
+def evaluate(query: str | Path | ImageSet, gallery: str | Path | ImageSet, **kwargs: Any) -> SearchRun:
     """``search`` with ``evaluate=True``: top-1/3/10 accuracy and mAP are in ``run.metrics``."""
     return search(query, gallery, evaluate=True, **kwargs)

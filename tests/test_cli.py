@@ -1,0 +1,123 @@
+"""The command line end to end on real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lookalike.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_search_writes_ranked_json_and_uses_the_cache(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    out = tmp_path / "results.json"
+    result = _invoke("search", query, gallery, "-k", "3", "-o", out, "--evaluate")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert sorted(doc) == sorted(p.relative_to(query).as_posix() for p in query.rglob("*.jpg"))
+    for ranked in doc.values():
+        assert len(ranked) == 3 and all("/" in g and "\\" not in g for g in ranked)
+        assert (gallery / ranked[0]).is_file()
+    correct = sum(ranked[0].split("/")[0] == q.split("/")[0] for q, ranked in doc.items())
+    assert correct >= 4
+    assert "top-1" in result.output and "mAP" in result.output
+    again = _invoke("search", query, gallery, "-o", out)
+    assert "gallery: 15 images, 15 from cache, nothing new extracted" in again.output
+
+
+def test_scores_and_challenge_format(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    out = tmp_path / "scores.json"
+    assert _invoke("search", query, gallery, "-k", "2", "-o", out, "--scores", "-q").exit_code == 0
+    doc = json.loads(out.read_text())
+    first = next(iter(doc.values()))
+    assert set(first[0]) == {"image", "score"} and first[0]["score"] >= first[1]["score"]
+    out2 = tmp_path / "challenge.json"
+    result = _invoke("search", query, gallery, "-o", out2, "--format", "challenge", "--group", "team", "-q")
+    assert result.exit_code == 0, result.output
+    challenge = json.loads(out2.read_text())
+    assert challenge["groupname"] == "team"
+    assert set(challenge["images"]) == {p.name for p in query.rglob("*.jpg")}
+    assert all("/" not in g for ranked in challenge["images"].values() for g in ranked)
+    assert _invoke("search", query, gallery, "--format", "challenge").exit_code == 2
+
+
+def test_evaluate_with_per_query_json(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    report = tmp_path / "metrics.json"
+    result = _invoke("evaluate", query, gallery, "-m", "pixels", "--json", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert {"top1", "top3", "top10", "mAP", "per_query"} <= doc.keys()
+    assert all(1 <= v["first_correct_rank"] <= 15 for v in doc["per_query"].values())
+
+
+def test_evaluate_needs_labels(tmp_path: Path, photo_set: tuple[Path, Path]) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in photo_set[0].rglob("*.jpg"):
+        shutil.copy(p, flat / f"{p.parent.name}.jpg")
+    result = _invoke("evaluate", flat, photo_set[1])
+    assert result.exit_code == 2 and "labels" in result.output
+
+
+def test_bad_files_skipped_strict_and_nothing_to_do(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    mixed = tmp_path / "gallery"
+    shutil.copytree(gallery, mixed)
+    (mixed / "chelsea" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    result = _invoke(
+        "search",
+        query,
+        mixed,
+        "-m",
+        "pixels",
+        "-o",
+        tmp_path / "r.json",
+        "--summary",
+        tmp_path / "s.json",
+    )
+    assert result.exit_code == 0
+    assert "chelsea/broken.jpg" in result.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [s["path"] for s in summary["skipped"]] == ["chelsea/broken.jpg"]
+    strict = _invoke("search", query, mixed, "-m", "pixels", "--strict", "-o", tmp_path / "r2.json")
+    assert strict.exit_code == 1 and "broken.jpg" in strict.output
+    empty = tmp_path / "bad_queries"
+    empty.mkdir()
+    (empty / "a.jpg").write_bytes(b"")
+    nothing = _invoke("search", empty, mixed, "-m", "pixels")
+    assert nothing.exit_code == 1 and "none of the 1 image(s) could be read" in nothing.output
+
+
+def test_models_lists_offline_status() -> None:
+    result = _invoke("models")
+    assert result.exit_code == 0
+    for name in ("resnet50", "efficientnet-lite0", "pixels"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize(
+    "args", [["search", "/nonexistent", "/nonexistent"], ["search", ".", ".", "-m", "nope"]]
+)
+def test_usage_errors_are_one_line(args: list[str]) -> None:
+    result = _invoke(*args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    result = _invoke("demo", "--out", tmp_path / "demo", "-q")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(doc) == 14 and all(len(v) == 10 for v in doc.values())
+    assert "mAP" in result.output
