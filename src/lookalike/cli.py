@@ -18,7 +18,8 @@ from . import pipeline
 from .errors import ImageError, LookalikeError, NothingToProcessError
 from .extract import ExtractOptions
 from .features import list_extractors
-from .images import DEFAULT_MAX_PIXELS
+from .images import DEFAULT_MAX_PIXELS, ImageSet
+from .index import GalleryIndex, build_index
 from .metrics import RetrievalMetrics
 
 app = typer.Typer(
@@ -60,14 +61,19 @@ def _friendly(func: Any) -> Any:
 
 
 # Options shared by the commands that extract features.
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Extractor name (see `lookalike models`).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Extractor name (see `lookalike models`); default efficientnet-lite0."
+    ),
+]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the model.")]
 PoolOpt = Annotated[str | None, typer.Option("--pool", help="CNN pooling: avg, gem or mac.")]
 ModelOptionOpt = Annotated[
     list[str] | None,
     typer.Option("--model-option", "-O", help="Extra model option KEY=VALUE (repeatable)."),
 ]
-MetricOpt = Annotated[str, typer.Option("--metric", help="cosine (default) or euclidean.")]
+MetricOpt = Annotated[str | None, typer.Option("--metric", help="cosine (default) or euclidean.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="auto (ONNX Runtime on CPU), torch or onnx.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")]
@@ -133,11 +139,11 @@ def _run(
     *,
     evaluate: bool,
     k: int,
-    model: str,
+    model: str | None,
     weights: Path | None,
     pool: str | None,
     model_option: list[str] | None,
-    metric: str,
+    metric: str | None,
     device: str,
     runtime: str,
     batch_size: int | None,
@@ -199,11 +205,11 @@ def search(
         Path | None, typer.Option("--json", help="With --evaluate: metrics JSON.")
     ] = None,
     summary: Annotated[Path | None, typer.Option("--summary", help="Write the run summary as JSON.")] = None,
-    model: ModelOpt = pipeline.DEFAULT_MODEL,
+    model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
     model_option: ModelOptionOpt = None,
-    metric: MetricOpt = "cosine",
+    metric: MetricOpt = None,
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "auto",
     batch_size: BatchOpt = None,
@@ -268,11 +274,11 @@ def evaluate(
     metrics_json: Annotated[
         Path | None, typer.Option("--json", help="Also write metrics and per-query ranks.")
     ] = None,
-    model: ModelOpt = pipeline.DEFAULT_MODEL,
+    model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
     model_option: ModelOptionOpt = None,
-    metric: MetricOpt = "cosine",
+    metric: MetricOpt = None,
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "auto",
     batch_size: BatchOpt = None,
@@ -335,7 +341,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to lay out the sample set.")] = Path(
         "lookalike-demo"
     ),
-    model: ModelOpt = pipeline.DEFAULT_MODEL,
+    model: ModelOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Search a sample set made from photos shipped with scikit-image; writes results.json."""
@@ -360,6 +366,143 @@ def demo(
     assert run.metrics is not None
     _print_metrics(run.metrics, out)
     out.print(f"results: {results}")
+
+
+index_app = typer.Typer(help="Saved gallery indexes: build, add, remove, info.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@_friendly
+def index_build(
+    gallery: GalleryArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Index folder to write.")],
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto, exact, flat, hnsw, ivfpq or faiss:<factory string>.")
+    ] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Extract on Ray: 'local', 'auto' (running cluster) or an address."),
+    ] = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    pool: PoolOpt = None,
+    model_option: ModelOptionOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    strict: StrictOpt = False,
+    quiet: QuietOpt = False,
+    gallery_labels: GLabelsOpt = None,
+) -> None:
+    """Extract a gallery once and save it as an index that `search` can use."""
+    options = ExtractOptions(
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        num_workers=workers,
+        max_pixels=max_pixels,
+        strict=strict,
+        progress=not quiet,
+    )
+    index, emb = build_index(
+        gallery,
+        output,
+        model=model or pipeline.DEFAULT_MODEL,
+        model_options=_model_options(weights, pool, model_option),
+        backend=backend,
+        metric=metric or "cosine",
+        options=options,
+        resume=resume,
+        force=force,
+        labels_csv=gallery_labels,
+        ray_address=ray,
+    )
+    for s in emb.skipped:
+        err.print(f"skipped {s.path}: {s.reason}")
+    if not quiet:
+        resumed = f" ({emb.n_cached} recovered from the interrupted build)" if emb.n_cached else ""
+        err.print(
+            f"indexed {len(index)} images{resumed} with {index.model['name']} into {output} "
+            f"[{index.backend.spec}, {index.disk_bytes() / 1e6:.1f} MB]"
+        )
+
+
+@index_app.command("add")
+@_friendly
+def index_add(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Images, folders or lists to add.")],
+    device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
+    quiet: QuietOpt = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Add images (new paths are added, changed files replaced, unchanged ones left alone)."""
+    gallery = GalleryIndex.open(index)
+    options = ExtractOptions(
+        device=device, runtime=runtime, strict=strict, progress=not quiet, use_cache=False
+    )
+    for source in images:
+        report = gallery.add_images(ImageSet.from_path(source), options)
+        for s in report.skipped:
+            err.print(f"skipped {s.path}: {s.reason}")
+        err.print(
+            f"{source}: {len(report.added)} added, {len(report.replaced)} replaced, "
+            f"{len(report.unchanged)} already present"
+        )
+    err.print(f"{index}: {len(gallery)} images")
+
+
+@index_app.command("remove")
+@_friendly
+def index_remove(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Paths (relative to the gallery root, or absolute; folders too).")
+    ],
+) -> None:
+    """Remove images from an index by path."""
+    gallery = GalleryIndex.open(index)
+    removed, unmatched = gallery.remove_paths(paths)
+    for arg in unmatched:
+        err.print(f"not in the index: {arg}")
+    err.print(f"removed {len(removed)} image(s); {len(gallery)} left")
+
+
+@index_app.command("info")
+@_friendly
+def index_info(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    check_recall: Annotated[
+        bool, typer.Option("--check-recall", help="Measure recall@10 against exact search.")
+    ] = False,
+) -> None:
+    """Describe an index: model, metric, backend, size; optionally its recall@10."""
+    gallery = GalleryIndex.open(index)
+    table = Table(show_header=False)
+    rows = [
+        ("images", str(len(gallery))),
+        ("model", gallery.model["name"]),
+        ("options", json.dumps(gallery.model["options"])),
+        ("dim", str(gallery.dim)),
+        ("metric", gallery.metric),
+        ("backend", gallery.backend.spec),
+        ("root", str(gallery.root)),
+        ("labelled", "yes" if gallery.labels is not None else "no"),
+        ("size on disk", f"{gallery.disk_bytes() / 1e6:.1f} MB"),
+        ("generation", str(gallery.generation)),
+    ]
+    if check_recall:
+        rows.append(("recall@10 vs exact", f"{gallery.recall_at(10):.4f}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

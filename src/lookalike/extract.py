@@ -31,7 +31,6 @@ log = logging.getLogger("lookalike")
 
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "torch", "onnx")
-FLUSH_SECONDS = 30.0
 
 
 @dataclass
@@ -194,26 +193,18 @@ def embed(
     options: ExtractOptions | None = None,
     *,
     label: str = "images",
+    cache: FeatureCache | None = None,
 ) -> Embeddings:
     """Features for every readable image of ``images``; cached ones are not extracted again.
 
     Unreadable files are logged and listed in ``skipped`` (or raise under ``options.strict``).
-    New vectors reach the cache every ``FLUSH_SECONDS`` and at the end, so an interrupted run
-    resumes where it stopped.
+    ``cache`` (default: the feature cache under ``options.cache_dir``) gets new vectors every
+    ``cache.flush_seconds`` and at the end, so an interrupted run resumes where it stopped.
     """
     opts = options or ExtractOptions()
-    cache = None
-    if opts.use_cache and opts.cache_dir is not None:
+    if cache is None and opts.use_cache and opts.cache_dir is not None:
         cache = FeatureCache(opts.cache_dir, extractor.key, extractor.describe())
-    n = len(images)
-    vectors = np.zeros((n, extractor.dim), dtype=np.float32)
-    done = np.zeros(n, dtype=bool)
-    keys = [file_key(p) for p in images.paths]
-    if cache is not None:
-        for i, key in enumerate(keys):
-            row = cache.get(key) if key else None
-            if row is not None and row.shape == (extractor.dim,):
-                vectors[i], done[i] = row, True
+    vectors, done, keys = start_from_cache(extractor, images, cache)
     n_cached = int(done.sum())
     todo = np.flatnonzero(~done).tolist()
     skipped: list[Skipped] = []
@@ -222,6 +213,21 @@ def embed(
         skipped = job.run()
     indices = np.flatnonzero(done)
     return Embeddings(vectors[indices], indices, skipped, n_cached, len(indices) - n_cached)
+
+
+def start_from_cache(
+    extractor: Extractor, images: ImageSet, cache: FeatureCache | None
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """(vectors, done mask, file keys) for ``images``, with the cached rows already filled in."""
+    vectors = np.zeros((len(images), extractor.dim), dtype=np.float32)
+    done = np.zeros(len(images), dtype=bool)
+    keys = [file_key(p) for p in images.paths]
+    if cache is not None:
+        for i, key in enumerate(keys):
+            row = cache.get(key) if key else None
+            if row is not None and row.shape == (extractor.dim,):
+                vectors[i], done[i] = row, True
+    return vectors, done, keys
 
 
 @dataclass
@@ -279,7 +285,7 @@ class _Job:
                 if batch is not None:
                     self._store([self.todo[j] for j in local_ids], runner(batch))
                 bar.update(len(local_ids) + len(errors))
-                if self.cache is not None and time.monotonic() - last_flush > FLUSH_SECONDS:
+                if self.cache is not None and time.monotonic() - last_flush >= self.cache.flush_seconds:
                     self.cache.flush()
                     last_flush = time.monotonic()
         finally:

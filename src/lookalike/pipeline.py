@@ -12,9 +12,10 @@ import numpy as np
 
 from .cache import atomic_write, default_cache_dir
 from .errors import InputError, NothingToProcessError
-from .extract import Embeddings, ExtractOptions, Skipped, embed
+from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
 from .features import Extractor, create_extractor
 from .images import ImageSet
+from .index import GalleryIndex, is_index
 from .metrics import RetrievalMetrics, evaluate_rankings
 from .search import full_rankings, topk
 
@@ -121,60 +122,119 @@ def search(
     query: str | Path | ImageSet,
     gallery: str | Path | ImageSet,
     *,
-    model: str | Extractor = DEFAULT_MODEL,
+    model: str | Extractor | None = None,
     model_options: dict[str, Any] | None = None,
     k: int = 10,
-    metric: str = "cosine",
+    metric: str | None = None,
     evaluate: bool = False,
     options: ExtractOptions | None = None,
     query_labels: str | Path | None = None,
     gallery_labels: str | Path | None = None,
 ) -> SearchRun:
-    """Rank ``gallery`` for every image of ``query`` with ``model``; the CLI's ``search``.
+    """Rank ``gallery`` for every image of ``query``; the CLI's ``search``.
 
-    ``query``/``gallery`` are folders, list or CSV files, single images or ImageSets. With
-    ``evaluate`` both must be labelled, and ``metrics`` is filled from full rankings.
+    ``query`` is a folder, list or CSV file, single image or ImageSet; ``gallery`` the same or a
+    saved index folder (then its model and metric are used). ``model`` defaults to
+    efficientnet-lite0 and ``metric`` to cosine. With ``evaluate`` both sides must be labelled, and ``metrics`` is filled
+    from full rankings.
     """
     opts = options or ExtractOptions()
     if opts.use_cache and opts.cache_dir is None:
         opts = replace(opts, cache_dir=default_cache_dir())
     q_set = _as_image_set(query, query_labels)
-    g_set = _as_image_set(gallery, gallery_labels)
-    if evaluate and not (q_set.labelled and g_set.labelled):
-        raise InputError(
-            "evaluation needs labels for queries and gallery: put images in class folders "
-            "(query/<label>/x.jpg) or pass a path,label CSV (--query-labels / --gallery-labels)"
-        )
-    extractor = _as_extractor(model, model_options)
+    if not isinstance(gallery, ImageSet) and is_index(gallery):
+        if any(v is not None for v in (model_options or {}).values()):
+            raise InputError(f"{gallery} is an index: its model and options are fixed when it is built")
+        side = _index_side(GalleryIndex.open(gallery, _index_device(opts)), model, metric)
+    else:
+        g_set = _as_image_set(gallery, gallery_labels)
+        extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
+        side = _GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
+    if evaluate and not q_set.labelled:
+        raise InputError(_NEEDS_LABELS)
     t0 = time.perf_counter()
-    q_emb = _embed_set(extractor, q_set, opts, "queries")
-    g_emb = _embed_set(extractor, g_set, opts, "gallery")
+    q_emb = _embed_set(side.extractor, q_set, opts, "queries")
+    side.embed(opts)
+    if evaluate and side.labels is None:
+        raise InputError(_NEEDS_LABELS)
     t1 = time.perf_counter()
-    indices, scores = topk(q_emb.features, g_emb.features, k, metric)
+    indices, scores = side.search(q_emb.features, k)
     t2 = time.perf_counter()
     run = SearchRun(
         query_names=[q_set.names[i] for i in q_emb.indices],
-        gallery_names=[g_set.names[i] for i in g_emb.indices],
+        gallery_names=side.names,
         indices=indices,
         scores=scores,
-        metric=metric,
-        model=extractor.describe(),
-        skipped={"query": q_emb.skipped, "gallery": g_emb.skipped},
+        metric=side.metric,
+        model=side.extractor.describe(),
+        skipped={"query": q_emb.skipped, "gallery": side.skipped},
         stats={
-            "extracted": {"query": q_emb.n_extracted, "gallery": g_emb.n_extracted},
-            "from_cache": {"query": q_emb.n_cached, "gallery": g_emb.n_cached},
+            "extracted": {"query": q_emb.n_extracted, "gallery": side.n_extracted},
+            "from_cache": {"query": q_emb.n_cached, "gallery": side.n_cached},
             "extract_seconds": round(t1 - t0, 3),
             "search_seconds": round(t2 - t1, 4),
         },
     )
     if evaluate:
         run.metrics = evaluate_rankings(
-            full_rankings(q_emb.features, g_emb.features, metric),
+            full_rankings(q_emb.features, side.vectors, side.metric),
             [q_set.labels[i] for i in q_emb.indices],
-            [g_set.labels[i] for i in g_emb.indices],
+            side.labels,
             run.query_names,
         )
     return run
+
+
+_NEEDS_LABELS = (
+    "evaluation needs labels for queries and gallery: put images in class folders "
+    "(query/<label>/x.jpg) or pass a path,label CSV (--query-labels / --gallery-labels)"
+)
+
+
+@dataclass
+class _GallerySide:
+    """The gallery of a search: images to embed now, or a saved index that holds the vectors."""
+
+    extractor: Extractor
+    metric: str
+    images: ImageSet | None = None
+    index: GalleryIndex | None = None
+    vectors: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    labels: list[str] | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+    n_extracted: int = 0
+    n_cached: int = 0
+
+    def embed(self, opts: ExtractOptions) -> None:
+        if self.index is not None:
+            self.vectors, self.names, self.labels = self.index.vectors, self.index.names, self.index.labels
+            self.n_cached = len(self.index)
+            return
+        assert self.images is not None
+        emb = _embed_set(self.extractor, self.images, opts, "gallery")
+        self.vectors = emb.features
+        self.names = [self.images.names[i] for i in emb.indices]
+        self.labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
+        self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is not None:
+            return self.index.search(queries, k)
+        return topk(queries, self.vectors, k, self.metric)
+
+
+def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> _GallerySide:
+    name = model.name if isinstance(model, Extractor) else model
+    if name is not None and name != index.model["name"]:
+        raise InputError(f"{index.folder} was built with model {index.model['name']!r}, not {name!r}")
+    if metric is not None and metric != index.metric:
+        raise InputError(f"{index.folder} was built for {index.metric} scores, not {metric}")
+    return _GallerySide(extractor=index.extractor(), metric=index.metric, index=index)
+
+
+def _index_device(opts: ExtractOptions) -> str:
+    return resolve_device(opts.device).type
 
 
 def evaluate(query: str | Path | ImageSet, gallery: str | Path | ImageSet, **kwargs: Any) -> SearchRun:

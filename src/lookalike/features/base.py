@@ -80,10 +80,14 @@ class Extractor:
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
-    """Path, size and modification time of a weights file, so a changed file changes the key."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """Name, size and content hash of a weights file: a changed file changes the key, while the
+    same file installed elsewhere (another machine, a reinstall) keeps it."""
+    p = Path(path)
+    digest = hashlib.sha1()
+    with p.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return {"file": p.name, "size": p.stat().st_size, "sha1": digest.hexdigest()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,16 @@
+"""Indexes: backends behind one protocol, and saved gallery indexes with incremental updates."""
+
+from .backends import ExactIndex, FaissIndex, VectorIndex, create_backend, resolve_backend
+from .store import AddReport, GalleryIndex, build_index, is_index
+
+__all__ = [
+    "AddReport",
+    "ExactIndex",
+    "FaissIndex",
+    "GalleryIndex",
+    "VectorIndex",
+    "build_index",
+    "create_backend",
+    "is_index",
+    "resolve_backend",
+]

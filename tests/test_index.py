@@ -1,0 +1,163 @@
+"""Saved indexes: round trip, incremental updates, resumable builds, backends, bad folders, Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lookalike.extract as extract_module
+from lookalike import ExtractOptions, InputError, search
+from lookalike.index import ExactIndex, FaissIndex, GalleryIndex, build_index, create_backend
+
+OPTS = ExtractOptions(progress=False, use_cache=False, batch_size=4, num_workers=0)
+
+
+@pytest.fixture()
+def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
+    folder = tmp_path / "gallery"
+    shutil.copytree(photo_set[1], folder)
+    return folder
+
+
+def test_round_trip_and_search_equals_folder_search(
+    photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path
+) -> None:
+    index, _ = build_index(gallery, tmp_path / "g.index", model="pixels", options=OPTS)
+    reopened = GalleryIndex.open(tmp_path / "g.index")
+    assert len(reopened) == len(index) == 15 and reopened.labels is not None
+    np.testing.assert_array_equal(np.asarray(reopened.vectors), index.vectors)
+    from_index = search(photo_set[0], tmp_path / "g.index", k=5, evaluate=True, options=OPTS)
+    from_folder = search(photo_set[0], gallery, model="pixels", k=5, evaluate=True, options=OPTS)
+    assert from_index.to_json(scores=True) == from_folder.to_json(scores=True)
+    assert from_index.metrics.mean_ap == pytest.approx(from_folder.metrics.mean_ap)
+    with pytest.raises(InputError, match="built with model 'pixels'"):
+        search(photo_set[0], tmp_path / "g.index", model="efficientnet-lite0", options=OPTS)
+
+
+def test_add_remove_and_noop_readd(photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path) -> None:
+    target = tmp_path / "g.index"
+    build_index(gallery, target, model="pixels", options=OPTS)
+    index = GalleryIndex.open(target)
+    generation = index.generation
+    from lookalike import ImageSet
+
+    again = index.add_images(ImageSet.from_path(gallery), OPTS)
+    assert len(again.unchanged) == 15 and not again.added and index.generation == generation
+    new = gallery / "coffee" / "extra.jpg"
+    shutil.copy(photo_set[0] / "coffee" / "coffee_query0.jpg", new)
+    report = index.add_images(ImageSet.from_path(new), OPTS)
+    assert report.added == ["coffee/extra.jpg"] and len(index) == 16
+    assert GalleryIndex.open(target).items[-1]["label"] == "coffee"
+    shutil.copy(photo_set[0] / "astronaut" / "astronaut_query0.jpg", new)  # same path, new content
+    assert index.add_images(ImageSet.from_path(new), OPTS).replaced == ["coffee/extra.jpg"]
+    removed, unmatched = index.remove_paths(["coffee/extra.jpg", "nope.jpg", str(gallery / "chelsea")])
+    assert "coffee/extra.jpg" in removed and len(removed) == 4 and unmatched == ["nope.jpg"]
+    reopened = GalleryIndex.open(target)
+    assert len(reopened) == 12 and not any(n.startswith("chelsea/") for n in reopened.names)
+    assert sorted(p.name for p in target.iterdir() if p.name.startswith("vectors")) == [
+        f"vectors-{reopened.generation}.npy"
+    ]
+
+
+def test_interrupted_build_resumes_to_the_same_index(
+    gallery: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, _ = build_index(gallery, tmp_path / "ref.index", model="pixels", options=OPTS)
+    real = extract_module.make_runner
+
+    def failing(*args, **kwargs):
+        run = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(batch):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # as if Ctrl-C arrived during the third batch
+            return run(batch)
+
+        return wrapped
+
+    monkeypatch.setattr(extract_module, "make_runner", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(gallery, tmp_path / "new.index", model="pixels", options=OPTS)
+    monkeypatch.setattr(extract_module, "make_runner", real)
+    with pytest.raises(InputError, match="--resume"):
+        build_index(gallery, tmp_path / "new.index", model="pixels", options=OPTS)
+    with pytest.raises(InputError, match="interrupted build"):
+        GalleryIndex.open(tmp_path / "new.index")
+    resumed, emb = build_index(gallery, tmp_path / "new.index", model="pixels", options=OPTS, resume=True)
+    assert emb.n_cached == 8 and emb.n_extracted == 7  # two batches of 4 survived the interruption
+    assert resumed.names == reference.names
+    np.testing.assert_array_equal(resumed.vectors, reference.vectors)
+    assert not (tmp_path / "new.index" / "partial").exists()
+
+
+def test_foreign_and_corrupt_folders(gallery: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a lookalike index"):
+        GalleryIndex.open(gallery)
+    build_index(gallery, tmp_path / "g.index", model="pixels", options=OPTS)
+    manifest = tmp_path / "g.index" / "lookalike-index.json"
+    doc = json.loads(manifest.read_text())
+    (tmp_path / "g.index" / f"vectors-{doc['generation']}.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="damaged"):
+        GalleryIndex.open(tmp_path / "g.index")
+    manifest.write_text("{not json")
+    with pytest.raises(InputError, match="unreadable index manifest"):
+        GalleryIndex.open(tmp_path / "g.index")
+    manifest.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InputError, match="not a lookalike index manifest"):
+        GalleryIndex.open(tmp_path / "g.index")
+    with pytest.raises(InputError, match="not a lookalike index; refusing"):
+        build_index(gallery, gallery, model="pixels", options=OPTS, force=True)
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, d))
+    x = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("spec", ["flat", "hnsw", "ivfpq"])
+def test_faiss_backends_agree_with_exact(spec: str, tmp_path: Path) -> None:
+    data = _clustered(3000, 32)
+    ids = np.arange(100, 3100)
+    exact = ExactIndex(32)
+    exact.add(data, ids)
+    approx = create_backend(spec, 32, "cosine", len(data))
+    assert isinstance(approx, FaissIndex)
+    approx.add(data, ids)
+    queries = data[:200]
+    e_ids, e_scores = exact.search(queries, 10)
+    a_ids, _ = approx.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(a_ids, e_ids, strict=True)])
+    assert recall >= (0.999 if spec == "flat" else 0.8)
+    approx.save(tmp_path / "b.bin")
+    loaded = FaissIndex.load(tmp_path / "b.bin", 32, "cosine", approx.factory)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[0], a_ids)
+    approx.remove(ids[:50])
+    assert len(approx) == 2950 and not np.isin(approx.search(queries[:50], 5)[0], ids[:50]).any()
+
+
+def test_backend_bad_specs() -> None:
+    with pytest.raises(InputError, match="unknown index backend"):
+        create_backend("annoy", 8, "cosine", 10)
+    with pytest.raises(InputError, match="cannot build"):
+        create_backend("faiss:NotAnIndex", 8, "cosine", 10)
+    small = create_backend("faiss:IVF64,PQ4", 8, "cosine", 10)
+    with pytest.raises(InputError, match="cannot train on 10 vectors"):
+        small.add(_clustered(10, 8), np.arange(10))
+
+
+def test_ray_extraction_matches_the_plain_path(gallery: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    plain, _ = build_index(gallery, tmp_path / "plain.index", model="pixels", options=OPTS)
+    distributed, _ = build_index(
+        gallery, tmp_path / "ray.index", model="pixels", options=OPTS, ray_address="local"
+    )
+    assert distributed.names == plain.names
+    np.testing.assert_allclose(distributed.vectors, plain.vectors, atol=1e-6)
