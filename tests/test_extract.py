@@ -70,3 +70,26 @@ def test_worker_processes_give_the_same_features(photo_set: tuple[Path, Path], t
     np.testing.assert_array_equal(inline.indices, workers.indices)
     np.testing.assert_allclose(inline.features, workers.features)
     assert len(workers.skipped) == 2
+
+
+def test_device_jpeg_decoding_matches_the_pil_path(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    """The GPU fast path's decoder (torchvision decode_jpeg + antialiased resize), run on the CPU."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(photo_set[0], folder)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(folder / "coffee" / "coffee_query0.jpg").save(folder / "rotated.jpg", exif=exif, quality=95)
+    Image.open(folder / "rocket" / "rocket_query0.jpg").save(folder / "rocket.png")  # not a JPEG: CPU path
+    good = (folder / "chelsea" / "chelsea_query0.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 3])  # a JPEG header, then nothing
+    images = ImageSet.from_path(folder)
+    extractor = create_extractor("efficientnet-lite0")
+    base = ExtractOptions(use_cache=False, progress=False, runtime="torch", batch_size=4)
+    pil = embed(extractor, images, base)
+    device = embed(extractor, images, ExtractOptions(**{**base.__dict__, "decode": "device"}))
+    np.testing.assert_array_equal(pil.indices, device.indices)
+    assert [s.path for s in device.skipped] == ["cut.jpg"]
+    cosines = np.sum(pil.features * device.features, axis=1)
+    assert cosines.min() > 0.97, cosines

@@ -21,6 +21,7 @@ from .features import list_extractors
 from .images import DEFAULT_MAX_PIXELS, ImageSet
 from .index import GalleryIndex, build_index
 from .metrics import RetrievalMetrics
+from .pipeline import Refinement
 
 app = typer.Typer(
     help="Find, for every query image, the gallery images that show the same thing.",
@@ -85,6 +86,15 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor w
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder.")]
 QLabelsOpt = Annotated[Path | None, typer.Option("--query-labels", help="path,label CSV for the queries.")]
 GLabelsOpt = Annotated[Path | None, typer.Option("--gallery-labels", help="path,label CSV for the gallery.")]
+WhitenOpt = Annotated[bool, typer.Option("--whiten", help="PCA-whiten features (fitted on the gallery).")]
+WhitenDimOpt = Annotated[int | None, typer.Option("--whiten-dim", help="Keep this many whitened dimensions.")]
+QeOpt = Annotated[
+    int, typer.Option("--qe", help="Alpha query expansion with K (counting the query); 0 = off.")
+]
+DbaOpt = Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours; 0 = off.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Similarity exponent of --qe and --dba.")]
+RerankOpt = Annotated[str | None, typer.Option("--rerank", help="Re-ranking: k-reciprocal.")]
+RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="How many top results re-ranking re-orders.")]
 QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
 GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]
 
@@ -155,6 +165,7 @@ def _run(
     cache_dir: Path | None,
     query_labels: Path | None,
     gallery_labels: Path | None,
+    refinement: Refinement,
 ) -> pipeline.SearchRun:
     options = ExtractOptions(
         device=device,
@@ -178,12 +189,14 @@ def _run(
         options=options,
         query_labels=query_labels,
         gallery_labels=gallery_labels,
+        refinement=refinement,
     )
 
 
 def _write_metrics_json(path: Path, run: pipeline.SearchRun) -> None:
     assert run.metrics is not None
     doc = run.metrics.as_dict(per_query=True)
+    doc["model"], doc["refinement"] = run.model, run.refinement
     doc["skipped"] = run.summary()["skipped"]
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -221,6 +234,13 @@ def search(
     cache_dir: CacheDirOpt = None,
     query_labels: QLabelsOpt = None,
     gallery_labels: GLabelsOpt = None,
+    whiten: WhitenOpt = False,
+    whiten_dim: WhitenDimOpt = None,
+    qe: QeOpt = 0,
+    dba: DbaOpt = 0,
+    alpha: AlphaOpt = 3.0,
+    rerank: RerankOpt = None,
+    rerank_top: RerankTopOpt = 100,
 ) -> None:
     """Rank the gallery for every query image and write {query: [gallery images, best first]}."""
     if fmt == "challenge" and not group:
@@ -247,6 +267,15 @@ def search(
         cache_dir=cache_dir,
         query_labels=query_labels,
         gallery_labels=gallery_labels,
+        refinement=Refinement(
+            whiten=whiten,
+            whiten_dim=whiten_dim,
+            dba=dba,
+            qe=qe,
+            alpha=alpha,
+            rerank=rerank,
+            rerank_top=rerank_top,
+        ),
     )
     doc = run.to_json(scores=scores, fmt=fmt, group=group)
     if output is None:
@@ -290,6 +319,13 @@ def evaluate(
     cache_dir: CacheDirOpt = None,
     query_labels: QLabelsOpt = None,
     gallery_labels: GLabelsOpt = None,
+    whiten: WhitenOpt = False,
+    whiten_dim: WhitenDimOpt = None,
+    qe: QeOpt = 0,
+    dba: DbaOpt = 0,
+    alpha: AlphaOpt = 3.0,
+    rerank: RerankOpt = None,
+    rerank_top: RerankTopOpt = 100,
 ) -> None:
     """Print top-1/3/10 accuracy and mAP of a labelled query set against a labelled gallery."""
     run = _run(
@@ -313,6 +349,15 @@ def evaluate(
         cache_dir=cache_dir,
         query_labels=query_labels,
         gallery_labels=gallery_labels,
+        refinement=Refinement(
+            whiten=whiten,
+            whiten_dim=whiten_dim,
+            dba=dba,
+            qe=qe,
+            alpha=alpha,
+            rerank=rerank,
+            rerank_top=rerank_top,
+        ),
     )
     _print_summary(run, quiet)
     assert run.metrics is not None
@@ -378,7 +423,10 @@ def index_build(
     gallery: GalleryArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Index folder to write.")],
     backend: Annotated[
-        str, typer.Option("--backend", help="auto, exact, flat, hnsw, ivfpq or faiss:<factory string>.")
+        str,
+        typer.Option(
+            "--backend", help="auto, exact, flat, hnsw, hnswsq8, ivfpq, ivfsq8 or faiss:<factory string>."
+        ),
     ] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,

@@ -31,6 +31,7 @@ log = logging.getLogger("lookalike")
 
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "torch", "onnx")
+DECODES = ("auto", "pil", "device")
 
 
 @dataclass
@@ -83,13 +84,84 @@ class _Decoded(Dataset):
         return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), ""
 
 
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    ids = [i for i, t, _ in items if t is not None]
-    tensors = [t for _, t, _ in items if t is not None]
+class _JpegBytes(_Decoded):
+    """For decoding on the device: returns a JPEG's raw bytes when the device decoder can take it
+    (baseline RGB/grey JPEG within the pixel limit), otherwise the CPU-decoded tensor as usual."""
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                fits = (
+                    img.format == "JPEG"
+                    and img.mode in ("RGB", "L")
+                    and img.width * img.height <= self.max_pixels
+                )
+        except Exception:  # anything odd: the CPU path gives the precise error
+            fits = False
+        if not fits:
+            return super().__getitem__(i)
+        try:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        except OSError as exc:
+            return i, None, f"cannot read file ({exc.strerror})"
+        return i, data, "jpeg"
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> _Batch:
+    pixels = [(i, t) for i, t, tag in items if t is not None and tag != "jpeg"]
+    jpegs = [(i, t) for i, t, tag in items if t is not None and tag == "jpeg"]
     errors = [(i, reason) for i, t, reason in items if t is None]
-    return ids, (torch.stack(tensors) if tensors else None), errors
+    stacked = torch.stack([t for _, t in pixels]) if pixels else None
+    return _Batch([i for i, _ in pixels], stacked, [i for i, _ in jpegs], [t for _, t in jpegs], errors)
+
+
+@dataclass
+class _Batch:
+    """One loader batch: CPU-decoded pixels, raw JPEGs for the device decoder, and failures."""
+
+    pixel_ids: list[int]
+    pixels: torch.Tensor | None
+    jpeg_ids: list[int]
+    jpegs: list[torch.Tensor]
+    errors: list[tuple[int, str]]
+
+    def pin_memory(self) -> _Batch:
+        """Page-locked host memory, so the copies to the GPU overlap with compute."""
+        pixels = self.pixels.pin_memory() if self.pixels is not None else None
+        return _Batch(
+            self.pixel_ids, pixels, self.jpeg_ids, [t.pin_memory() for t in self.jpegs], self.errors
+        )
+
+
+def decode_on_device(
+    jpegs: list[torch.Tensor], size: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor | None, list[int]]:
+    """Batch-decode JPEG bytes on ``device`` (nvJPEG on CUDA), apply EXIF orientation, resize with
+    antialiasing to ``size``. Returns (n_ok, 3, h, w) uint8 and the positions that failed."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2.functional import resize
+
+    if not jpegs:
+        return None, []
+    try:
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        failed: list[int] = []
+    except RuntimeError:  # one bad file fails the whole batch: decode one by one to find it
+        images, failed = [], []
+        for pos, data in enumerate(jpegs):
+            try:
+                images.append(
+                    decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+                )
+            except RuntimeError:
+                failed.append(pos)
+    if not images:
+        return None, failed
+    resized = [
+        resize(img, list(size), antialias=True) if tuple(img.shape[-2:]) != size else img for img in images
+    ]
+    return torch.stack(resized), failed
 
 
 def _worker_init(_: int) -> None:
@@ -174,7 +246,9 @@ def _export_onnx(extractor: Extractor, path: Path) -> None:
 
 @dataclass
 class ExtractOptions:
-    """How to run extraction; none of these change the features (bar bf16 on CUDA)."""
+    """How to run extraction. ``decode``: ``pil`` (CPU workers), ``device`` (JPEGs decoded and
+    resized by torchvision on the model's device; nvJPEG on CUDA) or ``auto`` (device on CUDA).
+    Only bf16 on CUDA and the decode path change features, and only slightly."""
 
     device: str = "auto"
     runtime: str = "auto"
@@ -185,6 +259,7 @@ class ExtractOptions:
     progress: bool = True
     cache_dir: Path | None = None
     use_cache: bool = True
+    decode: str = "auto"
 
 
 def embed(
@@ -244,14 +319,15 @@ class _Job:
     opts: ExtractOptions
     label: str
 
-    def _loader(self, cuda: bool) -> DataLoader:
+    def _loader(self, cuda: bool, device_decode: bool) -> DataLoader:
         batch_size = self.opts.batch_size or (256 if cuda else 32)
         workers = self.opts.num_workers
         if workers is None:
             enough = len(self.todo) >= 2 * batch_size
             workers = min(8 if cuda else 4, os.cpu_count() or 1) if enough else 0
         paths = [self.images.paths[i] for i in self.todo]
-        dataset = _Decoded(paths, self.extractor.preprocess.size, self.opts.max_pixels)
+        kind = _JpegBytes if device_decode else _Decoded
+        dataset = kind(paths, self.extractor.preprocess.size, self.opts.max_pixels)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -265,8 +341,11 @@ class _Job:
 
     def run(self) -> list[Skipped]:
         device = resolve_device(self.opts.device)
+        if self.opts.decode not in DECODES:
+            raise InputError(f"unknown decode {self.opts.decode!r}; choose one of {', '.join(DECODES)}")
+        device_decode = self.opts.decode == "device" or (self.opts.decode == "auto" and device.type == "cuda")
         runner = make_runner(self.extractor, device, self.opts.runtime, self.opts.cache_dir)
-        loader = self._loader(device.type == "cuda")
+        loader = self._loader(device.type == "cuda", device_decode)
         skipped: list[Skipped] = []
         quiet = not self.opts.progress or not sys.stderr.isatty()
         bar = tqdm(
@@ -279,12 +358,13 @@ class _Job:
         )
         last_flush = time.monotonic()
         try:
-            for local_ids, batch, errors in loader:
-                for local, reason in errors:
+            for batch in loader:
+                for local, reason in batch.errors:
                     skipped.append(self._skip(self.todo[local], reason))
-                if batch is not None:
-                    self._store([self.todo[j] for j in local_ids], runner(batch))
-                bar.update(len(local_ids) + len(errors))
+                ids, pixels = self._assemble(batch, device, skipped)
+                if ids:
+                    self._store([self.todo[j] for j in ids], runner(pixels))
+                bar.update(len(batch.pixel_ids) + len(batch.jpeg_ids) + len(batch.errors))
                 if self.cache is not None and time.monotonic() - last_flush >= self.cache.flush_seconds:
                     self.cache.flush()
                     last_flush = time.monotonic()
@@ -293,6 +373,31 @@ class _Job:
             if self.cache is not None:
                 self.cache.flush()
         return skipped
+
+    def _assemble(
+        self, batch: _Batch, device: torch.device, skipped: list[Skipped]
+    ) -> tuple[list[int], torch.Tensor]:
+        """One uint8 tensor on ``device`` for the batch: CPU-decoded pixels plus device-decoded
+        JPEGs; a JPEG the device decoder rejects goes through the CPU decoder after all."""
+        ids: list[int] = list(batch.pixel_ids)
+        parts = [batch.pixels.to(device, non_blocking=True)] if batch.pixels is not None else []
+        size = self.extractor.preprocess.size
+        decoded, failed = decode_on_device(batch.jpegs, size, device)
+        if decoded is not None:
+            ids += [j for pos, j in enumerate(batch.jpeg_ids) if pos not in failed]
+            parts.append(decoded)
+        if failed:
+            fallback = _Decoded(
+                [self.images.paths[self.todo[batch.jpeg_ids[p]]] for p in failed], size, self.opts.max_pixels
+            )
+            for n, pos in enumerate(failed):
+                _, tensor, reason = fallback[n]
+                if tensor is None:
+                    skipped.append(self._skip(self.todo[batch.jpeg_ids[pos]], reason))
+                else:
+                    ids.append(batch.jpeg_ids[pos])
+                    parts.append(tensor[None].to(device))
+        return ids, (torch.cat(parts) if parts else torch.empty(0))
 
     def _skip(self, i: int, reason: str) -> Skipped:
         if self.opts.strict:

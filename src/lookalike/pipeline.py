@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from .features import Extractor, create_extractor
 from .images import ImageSet
 from .index import GalleryIndex, is_index
 from .metrics import RetrievalMetrics, evaluate_rankings
+from .postprocess import PCAWhitening
+from .rerank import KReciprocal, alpha_query_expansion, database_augmentation
 from .search import full_rankings, topk
 
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -37,6 +40,7 @@ class SearchRun:
     skipped: dict[str, list[Skipped]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     metrics: RetrievalMetrics | None = None
+    refinement: dict[str, Any] = field(default_factory=dict)
 
     def ranking(self) -> dict[str, list[str]]:
         """``{query: [gallery images, best first]}`` with paths relative to their roots."""
@@ -83,6 +87,7 @@ class SearchRun:
         out: dict[str, Any] = {
             "model": self.model,
             "metric": self.metric,
+            "refinement": self.refinement,
             "queries": len(self.query_names),
             "gallery": len(self.gallery_names),
             **self.stats,
@@ -130,6 +135,7 @@ def search(
     options: ExtractOptions | None = None,
     query_labels: str | Path | None = None,
     gallery_labels: str | Path | None = None,
+    refinement: Refinement | None = None,
 ) -> SearchRun:
     """Rank ``gallery`` for every image of ``query``; the CLI's ``search``.
 
@@ -158,14 +164,24 @@ def search(
     if evaluate and side.labels is None:
         raise InputError(_NEEDS_LABELS)
     t1 = time.perf_counter()
-    indices, scores = side.search(q_emb.features, k)
+    refine = refinement or Refinement()
+    queries, gallery_vectors, exact_only = refine.apply(q_emb.features, side.vectors)
+    reranker = refine.reranker(queries, gallery_vectors)
+    shortlist = max(k, refine.rerank_top) if reranker is not None else k
+    if exact_only or side.index is None:
+        indices, scores = topk(queries, gallery_vectors, shortlist, side.metric)
+    else:
+        indices, scores = side.index.search(queries, shortlist)
+    if reranker is not None:
+        indices, scores = reranker.rerank(np.arange(len(queries)), indices)
+        indices, scores = indices[:, :k], scores[:, :k]
     t2 = time.perf_counter()
     run = SearchRun(
         query_names=[q_set.names[i] for i in q_emb.indices],
         gallery_names=side.names,
         indices=indices,
         scores=scores,
-        metric=side.metric,
+        metric=side.metric if reranker is None else "k-reciprocal distance",
         model=side.extractor.describe(),
         skipped={"query": q_emb.skipped, "gallery": side.skipped},
         stats={
@@ -174,15 +190,88 @@ def search(
             "extract_seconds": round(t1 - t0, 3),
             "search_seconds": round(t2 - t1, 4),
         },
+        refinement=refine.describe(),
     )
     if evaluate:
+        rankings = full_rankings(queries, gallery_vectors, side.metric)
+        if reranker is not None:
+            rankings = _reranked(rankings, reranker, refine.rerank_top)
         run.metrics = evaluate_rankings(
-            full_rankings(q_emb.features, side.vectors, side.metric),
-            [q_set.labels[i] for i in q_emb.indices],
-            side.labels,
-            run.query_names,
+            rankings, [q_set.labels[i] for i in q_emb.indices], side.labels, run.query_names
         )
     return run
+
+
+@dataclass
+class Refinement:
+    """Optional steps between features and ranking, in this order: PCA whitening fitted on the
+    gallery (``whiten``, ``whiten_dim``), database-side augmentation (``dba`` = k), alpha query
+    expansion (``qe`` = k; both weight neighbours by similarity^``alpha``), and k-reciprocal
+    re-ranking of each query's top ``rerank_top`` (``rerank="k-reciprocal"``, ``k1``, ``k2``,
+    ``lambda_value``). Anything that changes vectors makes an index search exact."""
+
+    whiten: bool = False
+    whiten_dim: int | None = None
+    dba: int = 0
+    qe: int = 0
+    alpha: float = 3.0
+    rerank: str | None = None
+    rerank_top: int = 100
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.rerank not in (None, "k-reciprocal"):
+            raise InputError(f"unknown re-ranking {self.rerank!r}; available: k-reciprocal")
+        if self.rerank_top < 1 or self.dba < 0 or self.qe < 0:
+            raise InputError("rerank_top must be positive and qe/dba non-negative")
+
+    def describe(self) -> dict[str, Any]:
+        """The active steps and their parameters (empty when none is on)."""
+        out: dict[str, Any] = {}
+        if self.whiten:
+            out["whiten"] = {"dim": self.whiten_dim}
+        if self.dba:
+            out["dba"] = {"k": self.dba, "alpha": self.alpha}
+        if self.qe:
+            out["qe"] = {"k": self.qe, "alpha": self.alpha}
+        if self.rerank:
+            out["rerank"] = {
+                "method": self.rerank,
+                "top": self.rerank_top,
+                "k1": self.k1,
+                "k2": self.k2,
+                "lambda": self.lambda_value,
+            }
+        return out
+
+    def apply(self, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(queries, gallery, changed): the vectors after whitening, DBA and QE."""
+        changed = False
+        gallery = np.asarray(gallery)
+        if self.whiten:
+            whitening = PCAWhitening(self.whiten_dim).fit(gallery)
+            queries, gallery, changed = whitening.transform(queries), whitening.transform(gallery), True
+        if self.dba:
+            gallery, changed = database_augmentation(gallery, self.dba, self.alpha), True
+        if self.qe:
+            queries = alpha_query_expansion(queries, gallery, self.qe, self.alpha)
+        return queries, gallery, changed
+
+    def reranker(self, queries: np.ndarray, gallery: np.ndarray) -> KReciprocal | None:
+        if self.rerank != "k-reciprocal":
+            return None
+        return KReciprocal(queries, gallery, self.k1, self.k2, self.lambda_value)
+
+
+def _reranked(
+    rankings: Iterator[tuple[int, np.ndarray]], reranker: KReciprocal, top: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Full rankings whose first ``top`` entries are re-ordered as the search re-orders them."""
+    for q0, order in rankings:
+        head, _ = reranker.rerank(np.arange(q0, q0 + len(order)), order[:, :top])
+        yield q0, np.hstack([head, order[:, top:]])
 
 
 _NEEDS_LABELS = (
@@ -217,11 +306,6 @@ class _GallerySide:
         self.names = [self.images.names[i] for i in emb.indices]
         self.labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
         self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.index is not None:
-            return self.index.search(queries, k)
-        return topk(queries, self.vectors, k, self.metric)
 
 
 def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> _GallerySide:

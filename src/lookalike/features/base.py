@@ -25,24 +25,38 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
+MULTISCALE = (1.0, 2**-0.5, 0.5)
+
+
 class FeatureNet(nn.Module):
     """Normalises 0..255 float pixels, runs ``body`` and L2-normalises its (n, d) output.
 
-    One module per extractor, so the eager, CUDA and ONNX runtimes all compute the same thing.
+    With several ``scales`` the input is also resized by each factor, and the normalised
+    descriptors of all scales are averaged and normalised again (multi-scale extraction, as in
+    Radenovic et al.). One module per extractor, so the eager, CUDA and ONNX runtimes all compute
+    the same thing.
     """
 
-    def __init__(self, body: nn.Module, preprocess: Preprocess) -> None:
+    def __init__(self, body: nn.Module, preprocess: Preprocess, scales: tuple[float, ...] = (1.0,)) -> None:
         super().__init__()
         self.body = body
+        self.scales = tuple(float(s) for s in scales)
         mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.body(x).float(), p=2.0, dim=1, eps=1e-12)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
-        features = self.body(x).float()
-        return nn.functional.normalize(features, p=2.0, dim=1, eps=1e-12)
+        total = self._embed(x)
+        for scale in self.scales[1:]:
+            size = [max(16, round(x.shape[-2] * scale)), max(16, round(x.shape[-1] * scale))]
+            small = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            total = total + self._embed(small)
+        return total if len(self.scales) == 1 else nn.functional.normalize(total, p=2.0, dim=1, eps=1e-12)
 
 
 @dataclass

