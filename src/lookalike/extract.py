@@ -182,7 +182,9 @@ def make_runner(extractor: Extractor, device: torch.device, runtime: str, cache_
         except ImportError:
             if runtime == "onnx":
                 raise InputError("--runtime onnx needs onnxruntime: pip install onnxruntime onnx") from None
-        except Exception as exc:  # an export problem must not stop a search: eager still works
+        except Exception as exc:  # under `auto`, an export problem must not stop a search
+            if runtime == "onnx":
+                raise InputError(f"ONNX export of {extractor.name} failed ({exc}); use --runtime torch") from None
             log.warning("ONNX export of %s failed (%s); using eager PyTorch", extractor.name, exc)
     return _torch_runner(extractor, device)
 

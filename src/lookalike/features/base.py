@@ -53,8 +53,7 @@ class FeatureNet(nn.Module):
         x = (pixels - self.mean) / self.std
         total = self._embed(x)
         for scale in self.scales[1:]:
-            size = [max(16, round(x.shape[-2] * scale)), max(16, round(x.shape[-1] * scale))]
-            small = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            small = nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             total = total + self._embed(small)
         return total if len(self.scales) == 1 else nn.functional.normalize(total, p=2.0, dim=1, eps=1e-12)
 
