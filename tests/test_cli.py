@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -121,3 +123,23 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(doc) == 14 and all(len(v) == 10 for v in doc.values())
     assert "mAP" in result.output
+
+
+def test_report_and_compare_commands(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    results, page = tmp_path / "r.json", tmp_path / "report.html"
+    result = _invoke("search", query, gallery, "-m", "pixels", "-o", results, "--report", page, "-q")
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert all(p.relative_to(query).as_posix() in html for p in query.rglob("*.jpg"))
+    again = _invoke("report", results, "--query", query, "--gallery", gallery, "-o", tmp_path / "r2.html", "-q")
+    assert again.exit_code == 0 and (tmp_path / "r2.html").stat().st_size > 1000
+    table = _invoke("compare", query, gallery, "-m", "pixels", "-m", "efficientnet-lite0", "-o", tmp_path / "cmp", "-q")
+    assert table.exit_code == 0, table.output
+    csv_text = (tmp_path / "cmp" / "comparison.csv").read_text()
+    evaluated = _invoke("evaluate", query, gallery, "-m", "pixels", "--json", tmp_path / "m.json", "-q")
+    assert evaluated.exit_code == 0
+    pixels_map = json.loads((tmp_path / "m.json").read_text())["mAP"]
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+    assert float(rows["pixels"]["mAP"]) == pytest.approx(pixels_map)
+    assert (tmp_path / "cmp" / "comparison.png").is_file()

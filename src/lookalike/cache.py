@@ -20,6 +20,8 @@ import numpy as np
 from .errors import InputError
 
 MAX_SHARDS = 16
+_UMASK = os.umask(0)  # read once at import (setting it is process-wide), then restored
+os.umask(_UMASK)
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +46,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Run ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as a plain open() would create it, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -218,6 +218,12 @@ def search(
         Path | None, typer.Option("--json", help="With --evaluate: metrics JSON.")
     ] = None,
     summary: Annotated[Path | None, typer.Option("--summary", help="Write the run summary as JSON.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write an HTML report of the results.")
+    ] = None,
+    failures_first: Annotated[
+        bool, typer.Option("--failures-first", help="Report: failed queries on top.")
+    ] = False,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
@@ -293,6 +299,21 @@ def search(
             _write_metrics_json(metrics_json, run)
     if summary:
         summary.write_text(json.dumps(run.summary(), indent=2, ensure_ascii=False), encoding="utf-8")
+    if report:
+        from .report import write_report
+
+        write_report(
+            run,
+            query,
+            gallery,
+            report,
+            query_labels=query_labels,
+            gallery_labels=gallery_labels,
+            failures_first=failures_first,
+            progress=not quiet,
+        )
+        if not quiet:
+            err.print(f"report: {report}")
 
 
 @app.command()
@@ -551,6 +572,132 @@ def index_info(
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+@app.command("report")
+@_friendly
+def report_command(
+    results: Annotated[Path, typer.Argument(help="Results JSON written by `lookalike search`.")],
+    query: Annotated[Path, typer.Option("--query", help="The query source that was searched.")],
+    gallery: Annotated[Path, typer.Option("--gallery", help="The gallery source (folder, list or index).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
+    failures_first: Annotated[bool, typer.Option("--failures-first", help="Failed queries on top.")] = False,
+    k: Annotated[int | None, typer.Option("-k", help="Show at most this many results per query.")] = None,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", help="Thumbnail size in pixels.")] = 96,
+    page_size: Annotated[int, typer.Option("--page-size", help="Queries per page.")] = 25,
+    no_labels: Annotated[
+        bool, typer.Option("--no-labels", help="Do not mark results right or wrong.")
+    ] = False,
+    query_labels: QLabelsOpt = None,
+    gallery_labels: GLabelsOpt = None,
+    title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a self-contained HTML page: each query beside its ranked thumbnails."""
+    from .report import report_from_json
+
+    report_from_json(
+        results,
+        query,
+        gallery,
+        output,
+        labels=None if no_labels else "auto",
+        query_labels=query_labels,
+        gallery_labels=gallery_labels,
+        failures_first=failures_first,
+        k=k,
+        thumb_size=thumb_size,
+        page_size=page_size,
+        title=title,
+        progress=not quiet,
+    )
+    if not quiet:
+        err.print(f"report: {output}")
+
+
+@app.command("compare")
+@_friendly
+def compare_command(
+    query: QueryArg,
+    gallery: GalleryArg,
+    models: Annotated[list[str], typer.Option("--model", "-m", help="A model name or checkpoint (repeat).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the table and chart.")] = Path(
+        "comparison"
+    ),
+    no_chart: Annotated[bool, typer.Option("--no-chart", help="Skip the bar chart PNG.")] = False,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+    query_labels: QLabelsOpt = None,
+    gallery_labels: GLabelsOpt = None,
+) -> None:
+    """Evaluate several methods on the same labelled split: Markdown and CSV table, bar chart."""
+    from .compare import compare
+
+    options = ExtractOptions(
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        num_workers=workers,
+        progress=not quiet,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+    )
+    table = compare(
+        query,
+        gallery,
+        models,
+        output,
+        options=options,
+        metric=metric,
+        query_labels=query_labels,
+        gallery_labels=gallery_labels,
+        chart=not no_chart,
+    )
+    print((output / "comparison.md").read_text(encoding="utf-8"))
+    for path in table.files.values():
+        err.print(f"wrote {path}")
+
+
+@app.command("serve")
+@_friendly
+def serve_command(
+    index: Annotated[Path, typer.Argument(help="Index folder to serve.")],
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    k: Annotated[int, typer.Option("-k", help="Default results per search.")] = 10,
+    max_k: Annotated[int, typer.Option("--max-k", help="Most results a request may ask for.")] = 100,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", help="Upload size cap (413 past it).")
+    ] = 20.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted.")] = 50_000_000,
+    device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
+    title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve an index over HTTP: POST /search, a search page at /, /health and /docs."""
+    import uvicorn
+
+    from .server import create_app
+
+    app_ = create_app(
+        index,
+        k=k,
+        max_k=max_k,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        device=device,
+        runtime=runtime,
+        title=title,
+    )
+    err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

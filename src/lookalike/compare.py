@@ -1,0 +1,215 @@
+"""Several methods on one labelled split: a table (Markdown, CSV) and a bar chart of their figures.
+
+Each method runs through ``lookalike.evaluate`` on the same query and gallery sets, so every figure
+in the table is exactly what ``lookalike evaluate`` prints for that method alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write
+from .errors import InputError
+from .extract import ExtractOptions
+from .features import Extractor, create_extractor
+from .images import ImageSet
+from .index import is_index
+from .metrics import TOP_KS
+from .pipeline import Refinement, evaluate
+
+FIGURES = tuple(f"top-{k}" for k in TOP_KS) + ("mAP",)
+
+
+@dataclass
+class MethodResult:
+    """One method's figures on the split: top-k accuracy, mAP, queries counted, time taken."""
+
+    method: str
+    model: dict[str, Any]
+    top_k: dict[int, float]
+    mean_ap: float
+    n_queries: int
+    excluded: int
+    seconds: float
+
+    def figures(self) -> dict[str, float]:
+        """``{"top-1": ..., "top-3": ..., "top-10": ..., "mAP": ...}``."""
+        out = {f"top-{k}": v for k, v in self.top_k.items()}
+        out["mAP"] = self.mean_ap
+        return out
+
+
+@dataclass
+class Comparison:
+    """The comparison table, one row per method in the order given, and the files written."""
+
+    query: str
+    gallery: str
+    metric: str
+    rows: list[MethodResult]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        """A Markdown page: the split, then one table row per method (figures to 4 decimals)."""
+        head = ["method", "model", *FIGURES, "queries", "seconds"]
+        lines = [
+            "# Method comparison",
+            "",
+            f"Queries `{self.query}`, gallery `{self.gallery}`, {self.metric} scores; "
+            "top-k: share of queries with a correct image among the first k; mAP over full rankings.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |",
+        ]
+        for row in self.rows:
+            cells = [_md(row.method), _md(row.model.get("name", ""))]
+            cells += [f"{v:.4f}" for v in row.figures().values()]
+            cells += [str(row.n_queries), f"{row.seconds:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        excluded = {row.excluded for row in self.rows}
+        if excluded != {0}:
+            lines += [
+                "",
+                f"Queries whose label has no gallery image are left out ({', '.join(map(str, excluded))}).",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """CSV with full-precision figures, one row per method."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["method", "model", *FIGURES, "queries", "excluded", "seconds"])
+        for row in self.rows:
+            writer.writerow(
+                [
+                    row.method,
+                    row.model.get("name", ""),
+                    *(repr(v) for v in row.figures().values()),
+                    row.n_queries,
+                    row.excluded,
+                    round(row.seconds, 3),
+                ]
+            )
+        return buffer.getvalue()
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _method_label(method: str | Extractor) -> str:
+    return method.name if isinstance(method, Extractor) else str(method)
+
+
+def _image_set(source: str | Path | ImageSet, labels_csv: str | Path | None, which: str) -> ImageSet:
+    if isinstance(source, ImageSet):
+        return source
+    if is_index(source):
+        raise InputError(
+            f"{source} is a saved index: its model is fixed, so methods cannot be compared on it; "
+            f"give the {which} images instead"
+        )
+    return ImageSet.from_path(source, labels_csv=labels_csv)
+
+
+def compare(
+    query: str | Path | ImageSet,
+    gallery: str | Path | ImageSet,
+    methods: Sequence[str | Extractor],
+    out_dir: str | Path | None = None,
+    *,
+    options: ExtractOptions | None = None,
+    metric: str | None = None,
+    query_labels: str | Path | None = None,
+    gallery_labels: str | Path | None = None,
+    refinement: Refinement | None = None,
+    chart: bool = True,
+) -> Comparison:
+    """Evaluate each method (a model name, a checkpoint ``.pt`` path or an Extractor) on the same
+    labelled split and, when ``out_dir`` is given, write ``comparison.md``, ``comparison.csv`` and
+    ``comparison.png`` (top-1/3/10 and mAP bars) there. Every model is built before any extraction
+    starts, so an unknown name or missing checkpoint fails at once."""
+    labels = [_method_label(m) for m in methods]
+    if not labels:
+        raise InputError("compare needs at least one method (-m NAME or -m CHECKPOINT.pt)")
+    duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if duplicates:
+        raise InputError(f"methods given twice: {', '.join(duplicates)}")
+    q_set = _image_set(query, query_labels, "query")
+    g_set = _image_set(gallery, gallery_labels, "gallery")
+    extractors = [m if isinstance(m, Extractor) else create_extractor(m) for m in methods]
+    rows = []
+    for label, extractor in zip(labels, extractors, strict=True):
+        run = evaluate(q_set, g_set, model=extractor, options=options, metric=metric, refinement=refinement)
+        assert run.metrics is not None
+        seconds = float(run.stats.get("extract_seconds", 0.0)) + float(run.stats.get("search_seconds", 0.0))
+        rows.append(
+            MethodResult(
+                method=label,
+                model=run.model,
+                top_k=dict(run.metrics.top_k),
+                mean_ap=run.metrics.mean_ap,
+                n_queries=run.metrics.n_queries,
+                excluded=len(run.metrics.excluded),
+                seconds=seconds,
+            )
+        )
+    table = Comparison(str(q_set.source), str(g_set.source), metric or "cosine", rows)
+    if out_dir is not None:
+        write_comparison(table, out_dir, chart=chart)
+    return table
+
+
+def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = True) -> dict[str, Path]:
+    """Write the table as ``comparison.md`` and ``comparison.csv`` and, with ``chart``, the bar
+    chart ``comparison.png`` into ``out_dir``; returns the paths (also kept in ``table.files``)."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": folder / "comparison.md", "csv": folder / "comparison.csv"}
+    md, text = table.to_markdown().encode("utf-8"), table.to_csv().encode("utf-8")
+    atomic_write(files["markdown"], lambda h: h.write(md))
+    atomic_write(files["csv"], lambda h: h.write(text))
+    if chart:
+        files["chart"] = folder / "comparison.png"
+        png = bar_chart(table)
+        atomic_write(files["chart"], lambda h: h.write(png))
+    table.files = files
+    return files
+
+
+def bar_chart(table: Comparison) -> bytes:
+    """PNG bytes of grouped bars: one group per figure (top-1/3/10, mAP), one bar per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(table.rows)
+    if n == 0:
+        raise InputError("nothing to chart: the comparison has no methods")
+    width = 0.8 / n
+    fig = Figure(figsize=(min(20.0, max(6.5, 3.0 + 0.5 * n * len(FIGURES))), 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    palette = [f"C{i}" for i in range(10)]  # matplotlib's default colour cycle
+    for i, row in enumerate(table.rows):
+        values = list(row.figures().values())
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(FIGURES))]
+        bars = ax.bar(xs, values, width * 0.92, label=row.method, color=palette[i % len(palette)])
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(range(len(FIGURES)), FIGURES)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score")
+    ax.set_title(f"{Path(table.query).name} vs {Path(table.gallery).name}: {table.rows[0].n_queries} queries")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

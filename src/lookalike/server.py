@@ -1,0 +1,505 @@
+"""An HTTP API and web page over a saved gallery index (FastAPI; run with uvicorn).
+
+``POST /search`` takes one uploaded image and returns the index's top-k as JSON; ``GET /`` is a
+page where a person drops or picks an image and sees the ranked gallery; ``GET /gallery/{path}``
+and ``GET /thumbnail/{path}`` serve the indexed files, and nothing else, from the index's root.
+The extractor is built once at startup; uploads are decoded and resized exactly as the pipeline
+decodes gallery images, and the model runs under a lock, so concurrent requests are safe.
+"""
+
+import contextlib
+import json
+import mimetypes
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .cache import default_cache_dir
+from .errors import ImageError, InputError
+from .extract import _Decoded, make_runner, resolve_device
+from .index import GalleryIndex
+from .report import thumbnail_jpeg
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_THUMB_SIZE = 192
+_CHUNK = 1 << 16
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce (jpeg, png, gif, bmp, tiff, webp, pnm),
+    or None when they are not one lookalike reads: the content decides, not the file name."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if (
+        head[:2] == b"BM"
+        and len(head) >= 18
+        and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+    ):
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
+        return "pnm"
+    return None
+
+
+class SearchResult(BaseModel):
+    """One gallery image of a ranking."""
+
+    rank: int = Field(description="1 for the best match")
+    path: str = Field(description="Path relative to the gallery root, forward slashes")
+    score: float = Field(description="Cosine similarity (higher is better) or euclidean distance (lower)")
+    label: str | None = Field(None, description="The image's label when the index is labelled")
+    url: str = Field(description="The gallery file itself")
+    thumbnail_url: str = Field(description="A small JPEG of the gallery file")
+
+
+class SearchResponse(BaseModel):
+    """The top-k of one uploaded image."""
+
+    query: str = Field(description="The uploaded file's name")
+    model: str
+    metric: str
+    k: int
+    seconds: float = Field(description="Decode, embed and search time")
+    results: list[SearchResult]
+
+
+class Health(BaseModel):
+    """The server is up; what it serves."""
+
+    status: str
+    images: int
+    model: str
+    metric: str
+    labelled: bool
+    gallery_root_found: bool
+    k: int
+    max_upload_bytes: int
+
+
+class Searcher:
+    """The index, its extractor and runner, loaded once; embeds an image file as the pipeline does."""
+
+    def __init__(self, index_folder: str | Path, device: str = "auto", runtime: str = "auto") -> None:
+        torch_device = resolve_device(device)
+        self.index = GalleryIndex.open(index_folder, torch_device.type)
+        self.extractor = self.index.extractor()
+        self.runner = make_runner(self.extractor, torch_device, runtime, default_cache_dir())
+        self.names = self.index.names
+        self.labels = self.index.labels
+        self.root = self.index.root.resolve()
+        self._name_set = set(self.names)
+        self._lock = threading.Lock()
+
+    def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
+        """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
+        _, pixels, reason = _Decoded([path], self.extractor.preprocess.size, max_pixels)[0]
+        if pixels is None:
+            raise ImageError(path, reason)
+        with self._lock:
+            return np.asarray(self.runner(pixels[None]), dtype=np.float32)
+
+    def search_file(self, path: Path, k: int, max_pixels: int) -> list[tuple[str, float, str | None]]:
+        """(gallery name, score, label) of the top ``k`` for one image file, best first."""
+        vector = self.embed_file(path, max_pixels)
+        with self._lock:
+            rows, scores = self.index.search(vector, min(k, len(self.names)))
+        out = []
+        for row, score in zip(rows[0], scores[0], strict=True):
+            if row >= 0:
+                out.append((self.names[row], float(score), None if self.labels is None else self.labels[row]))
+        return out
+
+    def gallery_file(self, name: str) -> Path:
+        """The file of an indexed gallery image, only when it lies inside the index's root."""
+        if name not in self._name_set:
+            raise HTTPException(404, "not an image of this index")
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root):
+            raise HTTPException(403, "outside the gallery root")
+        if not path.is_file():
+            raise HTTPException(404, "indexed, but the file is no longer there")
+        return path
+
+
+class _BodyLimit:
+    """Answers 413 as soon as a request body is known to pass ``max_bytes``: at once from its
+    Content-Length, or while it streams in (chunked uploads), before the rest is read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_413(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, _too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"upload too large: the limit is {max_bytes:,} bytes"
+
+
+async def _send_413(send: Send, max_bytes: int) -> None:
+    body = json.dumps({"detail": _too_large(max_bytes)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": headers + [(b"connection", b"close")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    index_folder: str | Path,
+    *,
+    k: int = 10,
+    max_k: int = 100,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    device: str = "auto",
+    runtime: str = "auto",
+    thumb_size: int = DEFAULT_THUMB_SIZE,
+    title: str | None = None,
+) -> FastAPI:
+    """The FastAPI app over the index at ``index_folder``: ``POST /search``, ``GET /``,
+    ``GET /health``, ``GET /gallery/{path}``, ``GET /thumbnail/{path}`` and the OpenAPI docs.
+    ``k`` is the default number of results (a request may ask up to ``max_k``); request bodies
+    over ``max_upload_bytes`` get 413; images over ``max_pixels`` pixels get 400."""
+    if not 1 <= k <= max_k:
+        raise InputError(f"k must be between 1 and max_k ({max_k}), not {k}")
+    if max_upload_bytes < 1024:
+        raise InputError(f"max_upload_bytes must be at least 1024, not {max_upload_bytes}")
+    searcher = Searcher(index_folder, device, runtime)
+    name = title or f"lookalike · {Path(index_folder).name}"
+    app = FastAPI(
+        title="lookalike",
+        summary=f"Image search over {len(searcher.names)} gallery images ({searcher.extractor.name})",
+        version=_version(),
+    )
+    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
+    app.state.searcher = searcher
+
+    @lru_cache(maxsize=4096)
+    def thumbnail(path: Path, stamp: tuple[int, int]) -> bytes:
+        return thumbnail_jpeg(path, thumb_size)
+
+    def urls(request: Request, gallery_name: str) -> tuple[str, str]:
+        base = request.scope.get("root_path", "")
+        quoted = quote(gallery_name)
+        return f"{base}/gallery/{quoted}", f"{base}/thumbnail/{quoted}"
+
+    @app.post(
+        "/search",
+        response_model=SearchResponse,
+        responses={
+            400: {"description": "An image type, but the file cannot be decoded"},
+            413: {"description": f"Request body over {max_upload_bytes:,} bytes"},
+            415: {"description": "Not an image (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"},
+        },
+    )
+    async def search(
+        request: Request,
+        file: Annotated[UploadFile, File(description="The query image")],
+        k_: Annotated[int, Query(alias="k", ge=1, le=max_k, description="Results to return")] = k,
+    ) -> SearchResponse:
+        """Rank the gallery for one uploaded image: its top-k, best first."""
+        declared = (file.content_type or "").split(";")[0].strip().lower()
+        if declared and not (declared.startswith("image/") or declared == "application/octet-stream"):
+            raise HTTPException(415, f"expected an image upload, not {declared}")
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="lookalike-upload-") as tmp:
+            path = Path(tmp) / "upload"
+            head = await _save_upload(file, path)
+            if not head:
+                raise HTTPException(400, "the uploaded file is empty")
+            if sniff_image_type(head) is None:
+                raise HTTPException(
+                    415, "not an image lookalike can read (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"
+                )
+            try:
+                hits = await run_in_threadpool(searcher.search_file, path, k_, max_pixels)
+            except ImageError as exc:
+                raise HTTPException(400, f"cannot read the image: {exc.reason}") from None
+        results = []
+        for rank, (gallery_name, score, label) in enumerate(hits, start=1):
+            url, thumb = urls(request, gallery_name)
+            results.append(
+                SearchResult(
+                    rank=rank, path=gallery_name, score=score, label=label, url=url, thumbnail_url=thumb
+                )
+            )
+        return SearchResponse(
+            query=file.filename or "upload",
+            model=searcher.extractor.name,
+            metric=searcher.index.metric,
+            k=k_,
+            seconds=round(time.perf_counter() - started, 4),
+            results=results,
+        )
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        """Liveness and what the server holds."""
+        return Health(
+            status="ok",
+            images=len(searcher.names),
+            model=searcher.extractor.name,
+            metric=searcher.index.metric,
+            labelled=searcher.labels is not None,
+            gallery_root_found=searcher.root.is_dir(),
+            k=k,
+            max_upload_bytes=max_upload_bytes,
+        )
+
+    @app.get("/gallery/{path:path}", response_class=FileResponse, responses={403: {}, 404: {}})
+    def gallery(path: str) -> FileResponse:
+        """An indexed gallery file as it is on disk."""
+        file = searcher.gallery_file(path)
+        media = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return FileResponse(file, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/thumbnail/{path:path}", responses={403: {}, 404: {}, 415: {}})
+    def thumb(path: str) -> Response:
+        """A small JPEG of an indexed gallery file (made once, then kept in memory)."""
+        file = searcher.gallery_file(path)
+        stat = file.stat()
+        try:
+            data = thumbnail(file, (stat.st_mtime_ns, stat.st_size))
+        except ImageError as exc:
+            raise HTTPException(415, f"cannot make a thumbnail: {exc.reason}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    page = _PAGE.replace("__TITLE__", _html(name)).replace(
+        "__CONFIG__",
+        json.dumps(
+            {
+                "title": name,
+                "images": len(searcher.names),
+                "model": searcher.extractor.name,
+                "metric": searcher.index.metric,
+                "k": k,
+                "max_upload_bytes": max_upload_bytes,
+            }
+        ).replace("<", "\\u003c"),
+    )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> HTMLResponse:
+        """The search page."""
+        return HTMLResponse(page)
+
+    return app
+
+
+async def _save_upload(upload: UploadFile, path: Path) -> bytes:
+    """Copy an upload to ``path`` in chunks; returns its first bytes (empty for an empty file)."""
+    head = b""
+    with path.open("wb") as out:
+        while chunk := await upload.read(_CHUNK):
+            if len(head) < 32:
+                head += chunk[: 32 - len(head)]
+            out.write(chunk)
+    return head
+
+
+def _html(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serve(
+    index_folder: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    **app_options: Any,
+) -> None:
+    """Serve ``create_app(index_folder, **app_options)`` with uvicorn until interrupted (one
+    process: the model is loaded once and requests share it)."""
+    import uvicorn
+
+    uvicorn.run(create_app(index_folder, **app_options), host=host, port=port, log_level=log_level)
+
+
+@contextlib.contextmanager
+def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread and yield its base URL (``port=0`` picks a
+    free port); stops it on exit. For tests, notebooks and embedding."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        bound_host, bound_port = sock.getsockname()[:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+_PAGE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__TITLE__</title>
+<style>
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; background: #f6f7f9; }
+header { background: #1f2933; color: #fff; padding: 14px 24px; }
+header h1 { margin: 0; font-size: 20px; font-weight: 600; }
+header .sub { color: #cbd2d9; font-size: 13px; }
+main { padding: 18px 24px 40px; max-width: 1280px; }
+#drop { border: 2px dashed #9aa5b1; border-radius: 10px; background: #fff; padding: 22px; display: flex; gap: 22px; align-items: center; cursor: pointer; transition: background .15s, border-color .15s; }
+#drop.over { background: #e6f0ff; border-color: #3563e9; }
+#drop .hint b { font-size: 17px; }
+#drop .hint div { color: #616e7c; font-size: 13px; margin-top: 4px; }
+#preview { width: 150px; height: 150px; border-radius: 6px; background: #eef0f3; display: flex; align-items: center; justify-content: center; overflow: hidden; flex: 0 0 auto; color: #9aa5b1; font-size: 12px; }
+#preview img { max-width: 100%; max-height: 100%; }
+#status { margin: 14px 0 6px; min-height: 22px; color: #52606d; }
+#status.error { color: #b71c1c; font-weight: 600; }
+#results { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 14px; }
+.result { background: #fff; border-radius: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.12); overflow: hidden; }
+.result a { display: flex; align-items: center; justify-content: center; height: 190px; background: #eef0f3; }
+.result img { max-width: 100%; max-height: 190px; display: block; }
+.result .meta { padding: 6px 10px 8px; font-size: 12px; }
+.result .rank { font-weight: 700; font-size: 14px; }
+.result .score { float: right; color: #3e4c59; font-variant-numeric: tabular-nums; }
+.result .path { color: #52606d; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.result.first { outline: 3px solid #3563e9; }
+input[type=file] { display: none; }
+</style>
+</head>
+<body>
+<header><h1 id="title"></h1><div class="sub" id="sub"></div></header>
+<main>
+  <label id="drop" for="file">
+    <div id="preview">no image yet</div>
+    <div class="hint"><b>Drop an image here, or click to choose one</b>
+      <div id="limits"></div></div>
+  </label>
+  <input type="file" id="file" accept="image/*">
+  <div id="status" role="status" aria-live="polite"></div>
+  <div id="results"></div>
+</main>
+<script type="application/json" id="config">__CONFIG__</script>
+<script>
+(function () {
+  "use strict";
+  var C = JSON.parse(document.getElementById("config").textContent);
+  var drop = document.getElementById("drop"), input = document.getElementById("file");
+  var status = document.getElementById("status"), box = document.getElementById("results");
+  var preview = document.getElementById("preview"), lastUrl = null;
+  document.getElementById("title").textContent = C.title;
+  document.getElementById("sub").textContent = C.images + " gallery images \u00b7 model " + C.model +
+    " \u00b7 " + (C.metric === "cosine" ? "cosine similarity (higher is better)" : C.metric + " distance (lower is better)");
+  document.getElementById("limits").textContent = "JPEG, PNG, GIF, BMP, TIFF or WebP, up to " +
+    (C.max_upload_bytes / 1048576).toFixed(1) + " MB; shows the top " + C.k + ".";
+  function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
+  function say(text, isError) { status.textContent = text; status.className = isError ? "error" : ""; }
+  function show(file) {
+    if (lastUrl) URL.revokeObjectURL(lastUrl);
+    lastUrl = URL.createObjectURL(file);
+    var img = el("img"); img.alt = file.name; img.src = lastUrl;
+    img.onerror = function () { preview.replaceChildren(el("span", null, file.name)); };
+    preview.replaceChildren(img);
+  }
+  function render(data) {
+    var frag = document.createDocumentFragment();
+    data.results.forEach(function (r) {
+      var card = el("div", "result" + (r.rank === 1 ? " first" : ""));
+      card.dataset.rank = r.rank; card.dataset.path = r.path;
+      var a = el("a"); a.href = r.url; a.target = "_blank"; a.rel = "noopener";
+      var img = el("img"); img.alt = r.path; img.loading = "lazy"; img.src = r.thumbnail_url; a.appendChild(img);
+      card.appendChild(a);
+      var meta = el("div", "meta");
+      meta.appendChild(el("span", "rank", "#" + r.rank));
+      meta.appendChild(el("span", "score", r.score.toFixed(4)));
+      var p = el("div", "path", r.path); p.title = r.path; meta.appendChild(p);
+      if (r.label !== null && r.label !== undefined) meta.appendChild(el("div", "label", "label: " + r.label));
+      card.appendChild(meta); frag.appendChild(card);
+    });
+    box.replaceChildren(frag);
+    say(data.results.length + " results for " + data.query + " in " + data.seconds.toFixed(2) + " s");
+    document.body.dataset.state = "done";
+  }
+  function search(file) {
+    if (!file) return;
+    show(file);
+    box.replaceChildren();
+    if (file.size > C.max_upload_bytes) { say(file.name + " is too large (limit " + C.max_upload_bytes + " bytes)", true); document.body.dataset.state = "error"; return; }
+    say("searching\u2026"); document.body.dataset.state = "busy";
+    var form = new FormData(); form.append("file", file, file.name);
+    fetch("search?k=" + C.k, { method: "POST", body: form }).then(function (resp) {
+      return resp.json().catch(function () { return { detail: resp.statusText }; }).then(function (body) {
+        if (!resp.ok) throw new Error(typeof body.detail === "string" ? body.detail : "error " + resp.status);
+        render(body);
+      });
+    }).catch(function (e) { say("Search failed: " + e.message, true); document.body.dataset.state = "error"; });
+  }
+  input.addEventListener("change", function () { search(input.files[0]); input.value = ""; });
+  ["dragenter", "dragover"].forEach(function (t) { drop.addEventListener(t, function (e) { e.preventDefault(); drop.classList.add("over"); }); });
+  ["dragleave", "drop"].forEach(function (t) { drop.addEventListener(t, function (e) { e.preventDefault(); drop.classList.remove("over"); }); });
+  drop.addEventListener("drop", function (e) { if (e.dataTransfer && e.dataTransfer.files.length) search(e.dataTransfer.files[0]); });
+  window.addEventListener("dragover", function (e) { e.preventDefault(); });
+  window.addEventListener("drop", function (e) { e.preventDefault(); });
+})();
+</script>
+</body>
+</html>
+"""
