@@ -141,8 +141,9 @@ def search(
 
     ``query`` is a folder, list or CSV file, single image or ImageSet; ``gallery`` the same or a
     saved index folder (then its model and metric are used). ``model`` defaults to
-    efficientnet-lite0 and ``metric`` to cosine. With ``evaluate`` both sides must be labelled, and ``metrics`` is filled
-    from full rankings.
+    efficientnet-lite0 and ``metric`` to cosine. With ``evaluate`` both sides must be labelled,
+    and ``metrics`` is filled from full rankings; ``refinement`` adds whitening, DBA, QE and
+    re-ranking.
     """
     opts = options or ExtractOptions()
     if opts.use_cache and opts.cache_dir is None:
@@ -156,13 +157,12 @@ def search(
         g_set = _as_image_set(gallery, gallery_labels)
         extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
         side = _GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
-    if evaluate and not q_set.labelled:
+    gallery_labelled = side.images.labelled if side.images is not None else side.index.labels is not None
+    if evaluate and not (q_set.labelled and gallery_labelled):
         raise InputError(_NEEDS_LABELS)
     t0 = time.perf_counter()
     q_emb = _embed_set(side.extractor, q_set, opts, "queries")
     side.embed(opts)
-    if evaluate and side.labels is None:
-        raise InputError(_NEEDS_LABELS)
     t1 = time.perf_counter()
     refine = refinement or Refinement()
     queries, gallery_vectors, exact_only = refine.apply(q_emb.features, side.vectors)
