@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 import lookalike
 from lookalike import ExtractOptions, ImageSet

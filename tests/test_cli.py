@@ -132,9 +132,13 @@ def test_report_and_compare_commands(photo_set: tuple[Path, Path], tmp_path: Pat
     assert result.exit_code == 0, result.output
     html = page.read_text()
     assert all(p.relative_to(query).as_posix() in html for p in query.rglob("*.jpg"))
-    again = _invoke("report", results, "--query", query, "--gallery", gallery, "-o", tmp_path / "r2.html", "-q")
+    again = _invoke(
+        "report", results, "--query", query, "--gallery", gallery, "-o", tmp_path / "r2.html", "-q"
+    )
     assert again.exit_code == 0 and (tmp_path / "r2.html").stat().st_size > 1000
-    table = _invoke("compare", query, gallery, "-m", "pixels", "-m", "efficientnet-lite0", "-o", tmp_path / "cmp", "-q")
+    table = _invoke(
+        "compare", query, gallery, "-m", "pixels", "-m", "efficientnet-lite0", "-o", tmp_path / "cmp", "-q"
+    )
     assert table.exit_code == 0, table.output
     csv_text = (tmp_path / "cmp" / "comparison.csv").read_text()
     evaluated = _invoke("evaluate", query, gallery, "-m", "pixels", "--json", tmp_path / "m.json", "-q")
@@ -143,3 +147,39 @@ def test_report_and_compare_commands(photo_set: tuple[Path, Path], tmp_path: Pat
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO(csv_text))}
     assert float(rows["pixels"]["mAP"]) == pytest.approx(pixels_map)
     assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_local_methods_and_spatial_rerank(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from lookalike import local, pipeline
+
+    assert set(pipeline.LOCAL_METHODS) <= set(local.LOCAL_METHODS)
+    query, gallery = photo_set
+    surf = _invoke("evaluate", query, gallery, "-m", "surf", "--json", tmp_path / "surf.json", "-q")
+    assert surf.exit_code == 0, surf.output
+    assert json.loads((tmp_path / "surf.json").read_text())["top1"] >= 0.8
+    out = tmp_path / "reranked.json"
+    reranked = _invoke(
+        "search",
+        query,
+        gallery,
+        "-m",
+        "pixels",
+        "--rerank",
+        "sift",
+        "--rerank-top",
+        "5",
+        "-k",
+        "3",
+        "-o",
+        out,
+        "--evaluate",
+    )
+    assert reranked.exit_code == 0, reranked.output
+    plain = tmp_path / "plain.json"
+    assert _invoke("search", query, gallery, "-m", "pixels", "-k", "3", "-o", plain, "-q").exit_code == 0
+
+    def correct(path: Path) -> int:
+        doc = json.loads(path.read_text())
+        return sum(ranked[0].split("/")[0] == q.split("/")[0] for q, ranked in doc.items())
+
+    assert correct(out) >= correct(plain) and correct(out) >= 4

@@ -93,7 +93,9 @@ QeOpt = Annotated[
 ]
 DbaOpt = Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours; 0 = off.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Similarity exponent of --qe and --dba.")]
-RerankOpt = Annotated[str | None, typer.Option("--rerank", help="Re-ranking: k-reciprocal.")]
+RerankOpt = Annotated[
+    str | None, typer.Option("--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift.")
+]
 RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="How many top results re-ranking re-orders.")]
 QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
 GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]

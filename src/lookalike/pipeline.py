@@ -23,6 +23,9 @@ from .rerank import KReciprocal, alpha_query_expansion, database_augmentation
 from .search import full_rankings, topk
 
 DEFAULT_MODEL = "efficientnet-lite0"
+LOCAL_METHODS = ("surf", "sift", "orb")  # lookalike.local.LOCAL_METHODS, without importing OpenCV
+LOCAL_RERANKINGS = ("surf", "sift")
+RERANKINGS = ("k-reciprocal", *LOCAL_RERANKINGS)
 FORMATS = ("default", "challenge")
 
 
@@ -149,6 +152,8 @@ def search(
     if opts.use_cache and opts.cache_dir is None:
         opts = replace(opts, cache_dir=default_cache_dir())
     q_set = _as_image_set(query, query_labels)
+    if isinstance(model, str) and model in LOCAL_METHODS:
+        return _local_search(q_set, gallery, model, model_options, k, evaluate, opts, gallery_labels)
     if not isinstance(gallery, ImageSet) and is_index(gallery):
         if any(v is not None for v in (model_options or {}).values()):
             raise InputError(f"{gallery} is an index: its model and options are fixed when it is built")
@@ -166,7 +171,7 @@ def search(
     t1 = time.perf_counter()
     refine = refinement or Refinement()
     queries, gallery_vectors, exact_only = refine.apply(q_emb.features, side.vectors)
-    reranker = refine.reranker(queries, gallery_vectors)
+    reranker = refine.reranker(queries, gallery_vectors, q_set.subset(q_emb.indices), side.readable(), opts)
     shortlist = max(k, refine.rerank_top) if reranker is not None else k
     if exact_only or side.index is None:
         indices, scores = topk(queries, gallery_vectors, shortlist, side.metric)
@@ -181,7 +186,7 @@ def search(
         gallery_names=side.names,
         indices=indices,
         scores=scores,
-        metric=side.metric if reranker is None else "k-reciprocal distance",
+        metric=side.metric if reranker is None else reranker.score_name,
         model=side.extractor.describe(),
         skipped={"query": q_emb.skipped, "gallery": side.skipped},
         stats={
@@ -222,8 +227,8 @@ class Refinement:
     lambda_value: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.rerank not in (None, "k-reciprocal"):
-            raise InputError(f"unknown re-ranking {self.rerank!r}; available: k-reciprocal")
+        if self.rerank not in (None, *RERANKINGS):
+            raise InputError(f"unknown re-ranking {self.rerank!r}; available: {', '.join(RERANKINGS)}")
         if self.rerank_top < 1 or self.dba < 0 or self.qe < 0:
             raise InputError("rerank_top must be positive and qe/dba non-negative")
 
@@ -259,19 +264,93 @@ class Refinement:
             queries = alpha_query_expansion(queries, gallery, self.qe, self.alpha)
         return queries, gallery, changed
 
-    def reranker(self, queries: np.ndarray, gallery: np.ndarray) -> KReciprocal | None:
-        if self.rerank != "k-reciprocal":
-            return None
-        return KReciprocal(queries, gallery, self.k1, self.k2, self.lambda_value)
+    def reranker(
+        self,
+        queries: np.ndarray,
+        gallery: np.ndarray,
+        query_set: ImageSet,
+        gallery_set: ImageSet,
+        options: ExtractOptions,
+    ) -> KReciprocal | SpatialVerification | None:
+        """The re-ranking step, if any: k-reciprocal on the vectors, or spatial verification with
+        local features on the images (``query_set``/``gallery_set`` in vector order)."""
+        if self.rerank == "k-reciprocal":
+            return KReciprocal(queries, gallery, self.k1, self.k2, self.lambda_value)
+        if self.rerank in LOCAL_RERANKINGS:
+            return SpatialVerification(query_set, gallery_set, self.rerank, self.rerank_top, options)
+        return None
+
+
+@dataclass
+class SpatialVerification:
+    """Re-ranking of a short list by local features (SURF, SIFT, ORB) and RANSAC inliers; see
+    :func:`lookalike.local.rerank` for how verified inliers and the global rank are fused."""
+
+    query_set: ImageSet
+    gallery_set: ImageSet
+    method: str
+    top: int
+    options: ExtractOptions
+
+    @property
+    def score_name(self) -> str:
+        return f"{self.method} inliers + rank fusion"
+
+    def rerank(self, query_rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .local import rerank
+
+        queries = self.query_set.subset([int(i) for i in query_rows])
+        zeros = np.zeros(candidates.shape, dtype=np.float32)
+        return rerank(queries, self.gallery_set, candidates, zeros, self.method, self.top, self.options)
 
 
 def _reranked(
-    rankings: Iterator[tuple[int, np.ndarray]], reranker: KReciprocal, top: int
+    rankings: Iterator[tuple[int, np.ndarray]], reranker: KReciprocal | SpatialVerification, top: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Full rankings whose first ``top`` entries are re-ordered as the search re-orders them."""
     for q0, order in rankings:
         head, _ = reranker.rerank(np.arange(q0, q0 + len(order)), order[:, :top])
         yield q0, np.hstack([head, order[:, top:]])
+
+
+def _local_search(
+    q_set: ImageSet,
+    gallery: str | Path | ImageSet,
+    method: str,
+    method_options: dict[str, Any] | None,
+    k: int,
+    evaluate: bool,
+    opts: ExtractOptions,
+    gallery_labels: str | Path | None,
+) -> SearchRun:
+    """``search`` with a local-feature method: the gallery ranked by RANSAC-verified matches."""
+    from .local import local_search
+
+    if not isinstance(gallery, ImageSet) and is_index(gallery):
+        raise InputError(f"{gallery} is an index of global features; local methods search image folders")
+    g_set = _as_image_set(gallery, gallery_labels)
+    if evaluate and not (q_set.labelled and g_set.labelled):
+        raise InputError(_NEEDS_LABELS)
+    options = {key: value for key, value in (method_options or {}).items() if key not in ("weights", "pool")}
+    res = local_search(q_set, g_set, method, k, opts, method_options=options)
+    run = SearchRun(
+        query_names=res.query_names,
+        gallery_names=res.gallery_names,
+        indices=res.indices,
+        scores=res.scores,
+        metric="inliers",
+        model=res.method,
+        skipped={"query": res.query_skipped, "gallery": res.gallery_skipped},
+        stats={**res.stats, "search_seconds": res.stats["match_seconds"]},
+    )
+    if evaluate:
+        run.metrics = evaluate_rankings(
+            res.rankings(),
+            [q_set.labels[i] for i in res.query_indices],
+            [g_set.labels[i] for i in res.gallery_indices],
+            run.query_names,
+        )
+    return run
 
 
 _NEEDS_LABELS = (
@@ -294,6 +373,15 @@ class _GallerySide:
     skipped: list[Skipped] = field(default_factory=list)
     n_extracted: int = 0
     n_cached: int = 0
+    kept: list[int] = field(default_factory=list)
+
+    def readable(self) -> ImageSet:
+        """The gallery images that have vectors, in vector order (for re-ranking by pixels)."""
+        if self.index is not None:
+            root = self.index.root
+            return ImageSet([root / n for n in self.names], root, self.labels, str(self.index.folder))
+        assert self.images is not None
+        return self.images.subset(self.kept)
 
     def embed(self, opts: ExtractOptions) -> None:
         if self.index is not None:
@@ -303,6 +391,7 @@ class _GallerySide:
         assert self.images is not None
         emb = _embed_set(self.extractor, self.images, opts, "gallery")
         self.vectors = emb.features
+        self.kept = emb.indices.tolist()
         self.names = [self.images.names[i] for i in emb.indices]
         self.labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
         self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached

@@ -65,6 +65,8 @@ class KReciprocal:
     the queries, their candidates and the neighbours local expansion (k2) needs.
     """
 
+    score_name = "k-reciprocal distance"
+
     def __init__(
         self, queries: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
     ) -> None:
