@@ -3,7 +3,7 @@
     python benchmarks/datasets.py orl                  # once: lays out benchmarks/data/orl
     nice -n 10 python benchmarks/local_features.py     # all parts; or --parts repeatability timing retrieval
 
-Writes benchmarks/RESULTS-local.md (Markdown tables, the command and the machine) and
+Writes benchmarks/out/local_features.md (Markdown tables, the command and the machine) and
 benchmarks/out/local_features.json.
 
 Repeatability and matching score follow Mikolajczyk and Schmid (IJCV 2005), on scikit-image's
@@ -570,6 +570,7 @@ def write_report(results: dict, path: Path, command: str) -> None:
                     + " |"
                 )
         lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
 
@@ -580,7 +581,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["repeatability", "timing", "retrieval"])
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--rerank-top", type=int, nargs="+", default=[10, 30])
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS-local.md")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "local_features.md")
     args = parser.parse_args()
     results: dict = {}
     if "repeatability" in args.parts:

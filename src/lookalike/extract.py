@@ -263,6 +263,10 @@ class ExtractOptions:
     use_cache: bool = True
     decode: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+
 
 def embed(
     extractor: Extractor,

@@ -70,8 +70,12 @@ def make_copy_detection_set(
     gallery_copies: int = 4,
     query_copies: int = 1,
     seed: int = 0,
+    strength: float = 1.0,
 ) -> tuple[Path, Path]:
-    """Write ``out/query/<photo>/*.jpg`` and ``out/gallery/<photo>/*.jpg``; return both folders."""
+    """Write ``out/query/<photo>/*.jpg`` and ``out/gallery/<photo>/*.jpg``; return both folders.
+
+    ``strength`` scales the edits: 1 keeps at least 55% of the photo and turns it up to 15
+    degrees; 1.8 keeps as little as 19% and turns up to 27 degrees (a hard set)."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     query_dir, gallery_dir = out / "query", out / "gallery"
@@ -84,5 +88,5 @@ def make_copy_detection_set(
             (folder / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 quality = int(rng.integers(30, 95))
-                edited_copy(img, rng).save(folder / name / f"{name}_{prefix}{i}.jpg", quality=quality)
+                edited_copy(img, rng, strength).save(folder / name / f"{name}_{prefix}{i}.jpg", quality=quality)
     return query_dir, gallery_dir
