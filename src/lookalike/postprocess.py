@@ -22,11 +22,13 @@ class PCAWhitening:
     """PCA whitening with optional dimension reduction, fitted on (gallery) features.
 
     ``transform`` centres, projects on the top ``dim`` principal axes, divides each by the square
-    root of its variance (plus ``shrinkage`` times the mean variance, which keeps the noisy
-    low-variance axes from dominating) and L2-normalises, so cosine similarity applies again.
+    root of its variance plus ``shrinkage`` times the mean variance, and L2-normalises, so cosine
+    similarity applies again. Fitted on a gallery of a few hundred or thousand images, full
+    whitening (shrinkage near 0) amplifies noise axes and hurts; the default of 10 only tempers
+    the dominant axes (BENCHMARKS.md has the measurements behind it).
     """
 
-    def __init__(self, dim: int | None = None, shrinkage: float = 0.1) -> None:
+    def __init__(self, dim: int | None = None, shrinkage: float = 10.0) -> None:
         if dim is not None and dim < 1:
             raise InputError(f"whitening dimension must be positive, got {dim}")
         self.dim, self.shrinkage = dim, float(shrinkage)
