@@ -183,3 +183,29 @@ def test_local_methods_and_spatial_rerank(photo_set: tuple[Path, Path], tmp_path
         return sum(ranked[0].split("/")[0] == q.split("/")[0] for q, ranked in doc.items())
 
     assert correct(out) >= correct(plain) and correct(out) >= 4
+
+
+def test_train_then_search_with_the_checkpoint(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    run = tmp_path / "run"
+    result = _invoke(
+        "train",
+        "cnn",
+        gallery,
+        "-o",
+        run,
+        "--epochs",
+        "2",
+        "-O",
+        "image_size=32",
+        "--val-fraction",
+        "0.34",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert {"best.pt", "config.json", "history.csv", "loss.png"} <= {p.name for p in run.iterdir()}
+    out = tmp_path / "r.json"
+    searched = _invoke("search", query, gallery, "-m", run / "best.pt", "-k", "3", "-o", out, "-q")
+    assert searched.exit_code == 0, searched.output
+    assert len(json.loads(out.read_text())) == 5
+    assert _invoke("train", "gan", gallery, "-o", tmp_path / "x", "-q").exit_code == 2

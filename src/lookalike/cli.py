@@ -94,7 +94,8 @@ QeOpt = Annotated[
 DbaOpt = Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours; 0 = off.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Similarity exponent of --qe and --dba.")]
 RerankOpt = Annotated[
-    str | None, typer.Option("--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift.")
+    str | None,
+    typer.Option("--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift."),
 ]
 RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="How many top results re-ranking re-orders.")]
 QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
@@ -574,6 +575,80 @@ def index_info(
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+@app.command("train")
+@_friendly
+def train_command(
+    method: Annotated[str, typer.Argument(help="siamese, autoencoder, vae, cnn or finetune.")],
+    train_dir: Annotated[Path, typer.Argument(help="Training images in class folders.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (checkpoints, config, curves).")],
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Validation class folders (else a split).")
+    ] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified validation share.")] = 0.2,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Most epochs (early stopping may end sooner).")
+    ] = None,
+    batch_size: BatchOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
+    patience: Annotated[int, typer.Option("--patience", help="Early-stopping patience (epochs).")] = 5,
+    min_delta: Annotated[
+        float, typer.Option("--min-delta", help="Smallest val-loss gain that counts.")
+    ] = 1e-4,
+    lr_patience: Annotated[
+        int, typer.Option("--lr-patience", help="Epochs on a plateau before LR drops.")
+    ] = 2,
+    lr_factor: Annotated[float, typer.Option("--lr-factor", help="LR multiplier on a plateau.")] = 0.5,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: DeviceOpt = "auto",
+    loss: Annotated[str | None, typer.Option("--loss", help="siamese: contrastive or triplet.")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="Method option KEY=VALUE (repeatable), e.g. image_size=64."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a feature model on class folders; RUN_DIR/best.pt then works wherever a model name does."""
+    from .training import train
+
+    method_options = {k: v for k, v in _model_options(None, None, option).items() if v is not None}
+    if loss is not None:
+        method_options["loss"] = loss
+    result = train(
+        method,
+        train_dir,
+        output,
+        val_dir=val,
+        val_fraction=val_fraction,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        min_delta=min_delta,
+        lr_patience=lr_patience,
+        lr_factor=lr_factor,
+        resume=resume,
+        overwrite=overwrite,
+        seed=seed,
+        device=device,
+        progress=not quiet,
+        **method_options,
+    )
+    for s in result.skipped:
+        err.print(f"skipped {s.path}: {s.reason}")
+    ending = "stopped early" if result.stopped_early else "ran all epochs"
+    err.print(
+        f"{method}: {result.epochs_run} epochs ({ending}), best val loss {result.best_val_loss:.4f} at epoch "
+        f"{result.best_epoch}, {result.seconds:.0f} s"
+    )
+    for name, path in result.files.items():
+        err.print(f"  {name}: {path}")
+    out.print(f"search with: lookalike search QUERY GALLERY -m {result.best}")
 
 
 @app.command("report")

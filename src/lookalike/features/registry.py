@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InputError
 from .base import Extractor
@@ -43,6 +44,10 @@ def list_extractors() -> list[ExtractorInfo]:
 def create_extractor(name: str, **options: object) -> Extractor:
     """Build the extractor called ``name``; options are the factory's keyword arguments
     (for example ``weights=PATH``); ``None`` values mean the factory's default."""
+    if Path(name).suffix == ".pt":  # a checkpoint written by `lookalike train` (missing: a clear error)
+        from ..training.checkpoint import load_checkpoint_extractor
+
+        return load_checkpoint_extractor(name, **{k: v for k, v in options.items() if v is not None})
     info = _REGISTRY.get(name)
     if info is None:
         known = ", ".join(sorted(_REGISTRY))

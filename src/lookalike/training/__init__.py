@@ -1,0 +1,25 @@
+"""Learned features: train a method on class folders, then search with ``RUN_DIR/best.pt``.
+
+``train(method, train_dir, out_dir, ...)`` runs one of ``METHODS`` (siamese, autoencoder, vae, cnn,
+finetune) through the one ``Trainer`` loop; ``load_checkpoint_extractor`` turns its checkpoint
+into an ``Extractor`` (``create_extractor("RUN_DIR/best.pt")`` does the same).
+"""
+
+from .checkpoint import load_checkpoint_extractor, read_checkpoint
+from .data import Augment
+from .models import METHODS, MethodSpec
+from .run import TrainResult, train
+from .trainer import EarlyStopping, TrainConfig, Trainer
+
+__all__ = [
+    "METHODS",
+    "Augment",
+    "EarlyStopping",
+    "MethodSpec",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "load_checkpoint_extractor",
+    "read_checkpoint",
+    "train",
+]

@@ -1,0 +1,594 @@
+"""The networks of the five learned methods, each with its loss and the feature body it is searched with.
+
+Every model takes normalised pixels (``FeatureNet`` does the normalising at search time; the trainer
+does it the same way while training) and answers three questions: ``loss(views, target)`` for the
+trainer, ``features()`` for the extractor, and ``sampling`` (plain images, pairs or triplets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError
+from ..features.base import Preprocess
+from ..features.cnn import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, Lite0Trunk, PooledBackbone
+from ..features.pooling import GlobalPool
+from .data import Augment
+from .losses import contrastive_loss, triplet_loss
+
+# Networks trained from scratch see pixels scaled to -1..1.
+SCRATCH_MEAN = (0.5, 0.5, 0.5)
+SCRATCH_STD = (0.5, 0.5, 0.5)
+BACKBONES = ("efficientnet-lite0", "resnet50")
+DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
+
+
+class TrainableModel(nn.Module):
+    """What the trainer needs of a method's network."""
+
+    sampling = "images"  # "images" (with class ids), "pairs" (with same/different) or "triplets"
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The training objective for one batch; ``views`` are normalised image batches."""
+        raise NotImplementedError
+
+    def features(self) -> nn.Module:
+        """The module mapping normalised pixels to the (n, d) search features."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def conv_block(c_in: int, c_out: int, *, batch_norm: bool) -> nn.Sequential:
+    """3x3 convolution (same padding), optional batch norm, ReLU, 2x2 max pooling."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+def _out_shape(module: nn.Module, size: tuple[int, int]) -> torch.Size:
+    """The output shape (without batch) of ``module`` on one zero image of ``size``."""
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        shape = module(torch.zeros(1, 3, *size)).shape[1:]
+    module.train(was_training)
+    return shape
+
+
+def _check_size(size: tuple[int, int], blocks: int) -> None:
+    if min(size) < 2**blocks:
+        raise InputError(
+            f"image_size {size[0]}x{size[1]} is too small for {blocks} pooling blocks (>= {2**blocks})"
+        )
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, std^2) noise while training (Keras' GaussianNoise layer); the identity otherwise."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.std > 0:
+            return x + torch.randn_like(x) * self.std
+        return x
+
+
+class SmallCNN(nn.Module):
+    """A from-scratch trunk: Conv-BN-ReLU-MaxPool blocks, then global average pooling or flattening."""
+
+    def __init__(self, channels: Sequence[int], size: tuple[int, int], pool: str) -> None:
+        super().__init__()
+        _check_size(size, len(channels))
+        chans = [3, *channels]
+        self.blocks = nn.Sequential(
+            *(conv_block(a, b, batch_norm=True) for a, b in zip(chans, chans[1:], strict=False))
+        )
+        self.pool: nn.Module = nn.Flatten() if pool == "flatten" else nn.Sequential(GlobalPool(pool))
+        self.out_dim = int(torch.tensor(_out_shape(nn.Sequential(self.blocks, self.pool), size)).prod())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x))
+
+
+def pretrained_backbone(
+    name: str, *, pretrained: bool, weights: str | None
+) -> tuple[nn.Module, int, Preprocess]:
+    """An ImageNet trunk with global average pooling, its output size and its own normalisation.
+
+    ``pretrained=False`` builds the bare architecture (a checkpoint's weights are loaded over it).
+    """
+    if name == "efficientnet-lite0":
+        if pretrained:
+            from ..features.cnn import efficientnet_lite0
+
+            body = efficientnet_lite0(weights=weights).module.body
+        else:
+            from efficientnet_lite_pytorch import EfficientNet
+
+            body = PooledBackbone(Lite0Trunk(EfficientNet.from_name("efficientnet-lite0")), GlobalPool("avg"))
+        body.trunk.net._fc = nn.Identity()  # the ImageNet classifier is not used
+        return body, 1280, Preprocess((224, 224), LITE_MEAN, LITE_STD)
+    if name == "resnet50":
+        if pretrained:
+            from ..features.cnn import resnet50
+
+            body = resnet50(weights=weights or "IMAGENET1K_V1").module.body
+        else:
+            from torchvision.models import resnet50 as build
+
+            trunk = nn.Sequential(*list(build(weights=None).children())[:-2])
+            body = PooledBackbone(trunk, GlobalPool("avg"))
+        return body, 2048, Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def _set_frozen(module: nn.Module, frozen: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+# --------------------------------------------------------------------------- siamese
+
+
+class ResidualHead(nn.Module):
+    """``x + W x`` with ``W`` starting at zero: training begins from the trunk's own metric and
+    learns a correction to it, which keeps a pretrained trunk's generality on small data sets."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
+
+
+class SiameseNet(TrainableModel):
+    """A twin network: one shared trunk + head applied to every image of a pair (or triplet);
+    embeddings are L2-normalised, so distances match the cosine search.
+
+    Heads: ``mlp`` (dense, batch norm, ReLU, dense: the study's) or ``residual`` (see ResidualHead).
+    """
+
+    def __init__(self, trunk: nn.Module, trunk_dim: int, opts: dict[str, Any]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        if opts["head"] == "residual":
+            self.head: nn.Module = ResidualHead(trunk_dim)
+        elif opts["head"] == "mlp":
+            self.head = nn.Sequential(
+                nn.Linear(trunk_dim, opts["hidden"]),
+                nn.BatchNorm1d(opts["hidden"]),
+                nn.ReLU(inplace=True),
+                nn.Linear(opts["hidden"], opts["embed_dim"]),
+            )
+        else:
+            raise InputError(f"siamese: head must be 'mlp' or 'residual', got {opts['head']!r}")
+        self.loss_name = opts["loss"]
+        # on unit vectors: contrastive pushes non-matches 1.0 apart, triplet wants a 0.2 gap
+        self.margin = float(opts["margin"] if opts["margin"] is not None else DEFAULT_MARGINS[self.loss_name])
+        self.frozen_trunk = bool(opts["freeze_trunk"])
+        _set_frozen(self.trunk, self.frozen_trunk)
+        self.sampling = "triplets" if self.loss_name == "triplet" else "pairs"
+
+    def train(self, mode: bool = True) -> SiameseNet:
+        super().train(mode)
+        if self.frozen_trunk:
+            self.trunk.eval()  # a frozen trunk keeps its batch-norm statistics too
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.trunk(x)), dim=1)
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        # one pass over all views, so batch norm sees the whole batch
+        parts = self.embed(torch.cat(list(views))).split([v.shape[0] for v in views])
+        if self.loss_name == "triplet":
+            return triplet_loss(*parts, margin=self.margin)
+        return contrastive_loss(parts[0], parts[1], target, margin=self.margin)
+
+    def features(self) -> nn.Module:
+        return nn.Sequential(self.trunk, self.head)
+
+
+def _build_siamese(
+    opts: dict[str, Any], n_classes: int, pretrained: bool
+) -> tuple[TrainableModel, Preprocess]:
+    size = opts["image_size"]
+    if opts["loss"] not in ("contrastive", "triplet"):
+        raise InputError(f"siamese: loss must be 'contrastive' or 'triplet', got {opts['loss']!r}")
+    if opts["trunk"] == "small":
+        trunk = SmallCNN(opts["channels"], size, opts["pool"])
+        dim, preprocess = trunk.out_dim, Preprocess(size, SCRATCH_MEAN, SCRATCH_STD)
+    else:
+        trunk, dim, own = pretrained_backbone(
+            opts["trunk"], pretrained=pretrained, weights=opts["trunk_weights"]
+        )
+        preprocess = Preprocess(size, own.mean, own.std)
+    return SiameseNet(trunk, dim, opts), preprocess
+
+
+# --------------------------------------------------------------------------- autoencoder
+
+
+def _decoder_blocks(channels: Sequence[int]) -> list[nn.Module]:
+    """Transposed convolutions doubling the size back up, then a 3x3 conv to RGB and tanh."""
+    layers: list[nn.Module] = []
+    rev = list(channels)[::-1]
+    for c_in, c_out in zip(rev, [*rev[1:], rev[-1]], strict=True):
+        layers += [
+            nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(inplace=True),
+        ]
+    layers += [nn.Conv2d(rev[-1], 3, 3, padding=1), nn.Tanh()]
+    return layers
+
+
+class Resize(nn.Module):
+    """Bilinear resize to a fixed size, so the decoder's output matches any input size."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+class ConvAutoencoder(TrainableModel):
+    """The study's denoising autoencoder: (GaussianNoise, Conv, ReLU, MaxPool) blocks, an optional
+    dense bottleneck, and a transposed-convolution decoder; MSE loss on the clean image.
+
+    Features: the encoder output (after its last pooling, or the bottleneck), flattened, or
+    globally average-pooled with ``features="avg"``.
+    """
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        super().__init__()
+        size, channels, std = opts["image_size"], list(opts["channels"]), float(opts["noise_std"])
+        _check_size(size, len(channels))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([3, *channels], channels, strict=False):
+            layers += [
+                GaussianNoise(std),
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+        self.conv = nn.Sequential(*layers)
+        shape = _out_shape(self.conv, size)
+        self.latent_dim = int(opts["latent_dim"] or 0)
+        self.feature_mode = opts["features"]
+        if self.feature_mode not in ("flatten", "avg"):
+            raise InputError(f"autoencoder: features must be 'flatten' or 'avg', got {self.feature_mode!r}")
+        bottleneck: list[nn.Module] = []
+        unbottleneck: list[nn.Module] = []
+        if self.latent_dim:
+            flat = int(torch.tensor(shape).prod())
+            bottleneck = [nn.Flatten(), nn.Linear(flat, self.latent_dim)]
+            unbottleneck = [
+                nn.Linear(self.latent_dim, flat),
+                nn.ReLU(inplace=True),
+                nn.Unflatten(1, tuple(shape)),
+            ]
+        self.encoder = nn.Sequential(self.conv, *bottleneck)
+        self.decoder = nn.Sequential(*unbottleneck, *_decoder_blocks(channels), Resize(size))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        x = views[0]
+        return F.mse_loss(self.reconstruct(x), x)
+
+    def features(self) -> nn.Module:
+        if self.latent_dim:
+            return self.encoder
+        pool = GlobalPool("avg") if self.feature_mode == "avg" else nn.Flatten()
+        return nn.Sequential(self.encoder, pool)
+
+
+def _build_autoencoder(
+    opts: dict[str, Any], n_classes: int, pretrained: bool
+) -> tuple[TrainableModel, Preprocess]:
+    return ConvAutoencoder(opts), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+class MeanEncoder(nn.Module):
+    """The VAE encoder's deterministic half: image -> latent mean (the search features)."""
+
+    def __init__(self, conv: nn.Module, mu: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.mu = conv, mu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mu(self.conv(x))
+
+
+class ConvVAE(TrainableModel):
+    """A convolutional VAE: encoder -> (mu, log variance), reparametrised sample, transposed-conv
+    decoder; loss = per-pixel squared error + beta * KL / pixels. Features: the latent mean."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        super().__init__()
+        size, channels, latent = opts["image_size"], list(opts["channels"]), int(opts["latent_dim"])
+        _check_size(size, len(channels))
+        blocks = [conv_block(a, b, batch_norm=True) for a, b in zip([3, *channels], channels, strict=False)]
+        self.conv = nn.Sequential(*blocks, nn.Flatten())
+        shape = _out_shape(nn.Sequential(*blocks), size)
+        flat = int(torch.tensor(shape).prod())
+        self.mu = nn.Linear(flat, latent)
+        self.logvar = nn.Linear(flat, latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, flat),
+            nn.ReLU(inplace=True),
+            nn.Unflatten(1, tuple(shape)),
+            *_decoder_blocks(channels),
+            Resize(size),
+        )
+        self.beta = float(opts["beta"])
+        self.encoder = MeanEncoder(self.conv, self.mu)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.conv(x)
+        return self.mu(h), self.logvar(h).clamp(-10.0, 10.0)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x)[0])
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        x = views[0]
+        mu, logvar = self.encode(x)
+        # the reparametrisation trick: z = mu + sigma * eps (the mean itself when evaluating)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        recon = F.mse_loss(self.decoder(z), x, reduction="sum") / x.shape[0]
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum() / x.shape[0]
+        return (recon + self.beta * kl) / x[0].numel()
+
+    def features(self) -> nn.Module:
+        return self.encoder
+
+
+def _build_vae(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
+    return ConvVAE(opts), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
+
+
+# --------------------------------------------------------------------------- study CNN
+
+
+class StudyCNN(TrainableModel):
+    """The study's classifier: Conv16/Conv32/Conv64 (+ReLU, MaxPool), flatten (its size follows the
+    input size), dense 1024 + ReLU, dense n_classes; cross-entropy. Features: the 1024-d layer."""
+
+    def __init__(self, opts: dict[str, Any], n_classes: int) -> None:
+        super().__init__()
+        size, channels = opts["image_size"], list(opts["channels"])
+        _check_size(size, len(channels))
+        chans = [3, *channels]
+        blocks = nn.Sequential(
+            *(
+                conv_block(a, b, batch_norm=bool(opts["batch_norm"]))
+                for a, b in zip(chans, chans[1:], strict=False)
+            )
+        )
+        flat = int(torch.tensor(_out_shape(blocks, size)).prod())
+        self.body = nn.Sequential(blocks, nn.Flatten(), nn.Linear(flat, opts["dense"]), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(float(opts["dropout"]))
+        self.classifier = nn.Linear(opts["dense"], n_classes)
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.classifier(self.dropout(self.body(views[0]))), target)
+
+    def features(self) -> nn.Module:
+        return self.body
+
+
+def _build_cnn(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
+    return StudyCNN(opts, n_classes), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class FinetuneNet(TrainableModel):
+    """A pretrained backbone, a dense embedding layer (+ batch norm) and a softmax classifier over
+    the training classes; cross-entropy. Features: the embedding (before its ReLU)."""
+
+    def __init__(self, backbone: nn.Module, backbone_dim: int, opts: dict[str, Any], n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.embedding = nn.Sequential(
+            nn.Linear(backbone_dim, opts["embed_dim"]), nn.BatchNorm1d(opts["embed_dim"])
+        )
+        self.classifier = nn.Sequential(
+            nn.ReLU(), nn.Dropout(float(opts["dropout"])), nn.Linear(opts["embed_dim"], n_classes)
+        )
+        self.frozen_backbone = bool(opts["freeze_backbone"])
+        _set_frozen(self.backbone, self.frozen_backbone)
+
+    def train(self, mode: bool = True) -> FinetuneNet:
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.classifier(self.embedding(self.backbone(views[0]))), target)
+
+    def features(self) -> nn.Module:
+        return nn.Sequential(self.backbone, self.embedding)
+
+
+def _build_finetune(
+    opts: dict[str, Any], n_classes: int, pretrained: bool
+) -> tuple[TrainableModel, Preprocess]:
+    backbone, dim, own = pretrained_backbone(
+        opts["backbone"], pretrained=pretrained, weights=opts["backbone_weights"]
+    )
+    return FinetuneNet(backbone, dim, opts, n_classes), Preprocess(opts["image_size"], own.mean, own.std)
+
+
+# --------------------------------------------------------------------------- the method table
+
+
+Builder = Callable[[dict[str, Any], int, bool], tuple[TrainableModel, Preprocess]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One learned method: its defaults (model options, augmentation, optimiser) and its builder."""
+
+    name: str
+    description: str
+    needs_labels: bool
+    build: Builder
+    options: dict[str, Any]
+    augment: Augment = field(default_factory=Augment)
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 30
+
+    def default_lr(self, options: dict[str, Any]) -> float:
+        """The method's learning rate; a pretrained trunk that is being trained gets 1e-4 so its
+        ImageNet features are adapted rather than overwritten."""
+        if options.get("trunk", "small") != "small" and not options.get("freeze_trunk"):
+            return 1e-4
+        return self.lr
+
+    def resolve(self, given: dict[str, Any]) -> tuple[dict[str, Any], Augment, int | None]:
+        """(model options, augmentation, max_per_class) from the defaults and the user's options."""
+        augment_keys = {"flip", "crop", "jitter", "noise"}
+        known = set(self.options) | augment_keys | {"max_per_class"}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise InputError(
+                f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
+        opts["image_size"] = _size_pair(opts["image_size"])
+        if "channels" in opts:
+            opts["channels"] = [int(c) for c in opts["channels"]]
+        aug = {k: given[k] for k in augment_keys & set(given)}
+        augment = Augment(**{**self.augment.__dict__, **aug})
+        return opts, augment, given.get("max_per_class")
+
+
+def _size_pair(value: Any) -> tuple[int, int]:
+    """An image size as (height, width) from an int or a pair."""
+    if isinstance(value, int | float | str):
+        value = (int(value), int(value))
+    h, w = (int(v) for v in value)
+    if not (min(h, w) >= 8 and max(h, w) <= 1024):
+        raise InputError(f"image_size must be between 8 and 1024 pixels, got {h}x{w}")
+    return h, w
+
+
+METHODS: dict[str, MethodSpec] = {
+    "siamese": MethodSpec(
+        "siamese",
+        "twin network on balanced pairs (contrastive loss) or triplets; small CNN or pretrained trunk",
+        True,
+        _build_siamese,
+        {
+            "trunk": "small",
+            "trunk_weights": None,
+            "freeze_trunk": False,
+            "channels": [32, 64, 128],
+            "pool": "avg",
+            "head": "mlp",
+            "hidden": 512,
+            "embed_dim": 128,
+            "loss": "contrastive",
+            "margin": None,
+            "pairs_per_epoch": None,
+            "image_size": 64,
+        },
+        Augment(flip=True, crop=0.8, jitter=0.2),
+    ),
+    "autoencoder": MethodSpec(
+        "autoencoder",
+        "denoising convolutional autoencoder (Gaussian-noise layers); features: the encoder output",
+        False,
+        _build_autoencoder,
+        {
+            "channels": [32, 64, 128],
+            "noise_std": 0.3,
+            "latent_dim": None,
+            "features": "flatten",
+            "image_size": 64,
+        },
+    ),
+    "vae": MethodSpec(
+        "vae",
+        "convolutional variational autoencoder; features: the latent mean",
+        False,
+        _build_vae,
+        {"channels": [32, 64, 128], "latent_dim": 64, "beta": 1.0, "image_size": 64},
+    ),
+    "cnn": MethodSpec(
+        "cnn",
+        "the study's CNN (Conv16/32/64, dense 1024, softmax); features: the 1024-d layer",
+        True,
+        _build_cnn,
+        {"channels": [16, 32, 64], "dense": 1024, "dropout": 0.0, "batch_norm": False, "image_size": 64},
+        Augment(flip=True),
+    ),
+    "finetune": MethodSpec(
+        "finetune",
+        "pretrained backbone + dense embedding + softmax, fine-tuned; features: the embedding",
+        True,
+        _build_finetune,
+        {
+            "backbone": "efficientnet-lite0",
+            "backbone_weights": None,
+            "freeze_backbone": False,
+            "embed_dim": 256,
+            "dropout": 0.2,
+            "image_size": 224,
+        },
+        Augment(flip=True),
+        lr=1e-4,
+        batch_size=32,
+        epochs=15,
+    ),
+}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The MethodSpec called ``name``, or an InputError listing the methods."""
+    spec = METHODS.get(name)
+    if spec is None:
+        raise InputError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+    return spec
+
+
+def build_model(
+    method: str, options: dict[str, Any], n_classes: int, *, pretrained: bool
+) -> tuple[TrainableModel, Preprocess]:
+    """The network of ``method`` with resolved ``options``; ``pretrained=False`` skips loading
+    ImageNet weights (a checkpoint's state dict replaces them)."""
+    if method_spec(method).needs_labels and n_classes < 2:
+        raise InputError(f"{method}: needs at least two classes, got {n_classes}")
+    spec = method_spec(method)
+    # options a checkpoint predates take their defaults, so older checkpoints still load
+    opts = {**spec.options, **options}
+    opts["image_size"] = _size_pair(opts["image_size"])
+    return spec.build(opts, n_classes, pretrained)
