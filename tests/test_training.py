@@ -28,7 +28,12 @@ METHOD_CASES = {
     "vae": {},
     "siamese": {},
     "siamese-triplet": {"loss": "triplet"},
-    "siamese-pretrained": {"trunk": "efficientnet-lite0", "freeze_trunk": True, "head": "residual", "lr": 1e-3},
+    "siamese-pretrained": {
+        "trunk": "efficientnet-lite0",
+        "freeze_trunk": True,
+        "head": "residual",
+        "lr": 1e-3,
+    },
     "finetune": {"embed_dim": 32},
 }
 
@@ -276,3 +281,14 @@ def test_open_set_validation_holds_out_whole_classes(photos: tuple[Path, Path], 
     assert config["data"]["train_images"] == 12 and config["data"]["val_images"] == 12
     with pytest.raises(InputError, match="cannot validate on held-out classes"):
         train("cnn", photos[1], tmp_path / "cnn", val_split="classes", **FAST)
+
+
+def test_sets_too_big_for_memory_are_decoded_per_batch_with_the_same_result(
+    photos: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lookalike.training import data
+
+    in_memory = train("cnn", photos[1], tmp_path / "memory", epochs=2, **FAST)
+    monkeypatch.setattr(data, "PRELOAD_LIMIT_BYTES", 0)
+    from_disk = train("cnn", photos[1], tmp_path / "disk", epochs=2, **FAST)
+    assert [h["train_loss"] for h in from_disk.history] == [h["train_loss"] for h in in_memory.history]
