@@ -37,7 +37,7 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "fmnist": {
         "siamese": {
             "image_size": 28,
-            "epochs": 12,
+            "epochs": 16,
             "batch_size": 128,
             "pairs_per_epoch": 48000,
             "margin": 1.0,

@@ -66,3 +66,17 @@ def test_losses_reward_the_right_geometry() -> None:
     assert contrastive_loss(a, b, torch.tensor([0.0, 1.0]), margin=1.0) > 0.9
     assert triplet_loss(a[:1], a[:1], b[1:], margin=0.2) < 1e-6
     assert triplet_loss(a[:1], b[1:], a[:1], margin=0.2) > 1.0
+
+
+def test_method_options_given_as_text_mean_what_they_say() -> None:
+    from lookalike.training.methods import method_spec
+
+    options, augment, limit = method_spec("siamese").resolve(
+        {"freeze_trunk": "false", "flip": "no", "channels": "16,32", "margin": "0.5", "max_per_class": "40"}
+    )
+    assert options["freeze_trunk"] is False and augment.flip is False and limit == 40
+    assert options["channels"] == [16, 32] and options["margin"] == 0.5
+    with pytest.raises(InputError, match="option dense: expected int"):
+        method_spec("cnn").resolve({"dense": "big"})
+    with pytest.raises(InputError, match="unknown option"):
+        method_spec("vae").resolve({"margin": 1.0})

@@ -7,7 +7,7 @@ into an ``Extractor`` (``create_extractor("RUN_DIR/best.pt")`` does the same).
 
 from .checkpoint import load_checkpoint_extractor, read_checkpoint
 from .data import Augment
-from .models import METHODS, MethodSpec
+from .methods import METHODS, MethodSpec
 from .run import TrainResult, train
 from .trainer import EarlyStopping, TrainConfig, Trainer
 

@@ -16,7 +16,8 @@ from .. import __version__
 from ..cache import atomic_write
 from ..errors import InputError, WeightsUnavailableError
 from ..features.base import FEATURE_VERSION, Extractor, FeatureNet, Preprocess, file_identity
-from .models import TrainableModel, build_model
+from .methods import build_model
+from .models import TrainableModel
 
 FORMAT = "lookalike-train"
 FORMAT_VERSION = 1

@@ -7,8 +7,7 @@ trainer, ``features()`` for the extractor, and ``sampling`` (plain images, pairs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from ..errors import InputError
 from ..features.base import Preprocess
 from ..features.cnn import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, Lite0Trunk, PooledBackbone
 from ..features.pooling import GlobalPool
-from .data import Augment
 from .losses import contrastive_loss, triplet_loss
 
 # Networks trained from scratch see pixels scaled to -1..1.
@@ -204,7 +202,7 @@ class SiameseNet(TrainableModel):
         return nn.Sequential(self.trunk, self.head)
 
 
-def _build_siamese(
+def build_siamese(
     opts: dict[str, Any], n_classes: int, pretrained: bool
 ) -> tuple[TrainableModel, Preprocess]:
     size = opts["image_size"]
@@ -303,7 +301,7 @@ class ConvAutoencoder(TrainableModel):
         return nn.Sequential(self.encoder, pool)
 
 
-def _build_autoencoder(
+def build_autoencoder(
     opts: dict[str, Any], n_classes: int, pretrained: bool
 ) -> tuple[TrainableModel, Preprocess]:
     return ConvAutoencoder(opts), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
@@ -367,7 +365,7 @@ class ConvVAE(TrainableModel):
         return self.encoder
 
 
-def _build_vae(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
+def build_vae(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
     return ConvVAE(opts), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
 
 
@@ -401,7 +399,7 @@ class StudyCNN(TrainableModel):
         return self.body
 
 
-def _build_cnn(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
+def build_cnn(opts: dict[str, Any], n_classes: int, pretrained: bool) -> tuple[TrainableModel, Preprocess]:
     return StudyCNN(opts, n_classes), Preprocess(opts["image_size"], SCRATCH_MEAN, SCRATCH_STD)
 
 
@@ -437,158 +435,10 @@ class FinetuneNet(TrainableModel):
         return nn.Sequential(self.backbone, self.embedding)
 
 
-def _build_finetune(
+def build_finetune(
     opts: dict[str, Any], n_classes: int, pretrained: bool
 ) -> tuple[TrainableModel, Preprocess]:
     backbone, dim, own = pretrained_backbone(
         opts["backbone"], pretrained=pretrained, weights=opts["backbone_weights"]
     )
     return FinetuneNet(backbone, dim, opts, n_classes), Preprocess(opts["image_size"], own.mean, own.std)
-
-
-# --------------------------------------------------------------------------- the method table
-
-
-Builder = Callable[[dict[str, Any], int, bool], tuple[TrainableModel, Preprocess]]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One learned method: its defaults (model options, augmentation, optimiser) and its builder."""
-
-    name: str
-    description: str
-    needs_labels: bool
-    build: Builder
-    options: dict[str, Any]
-    augment: Augment = field(default_factory=Augment)
-    lr: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 30
-
-    def default_lr(self, options: dict[str, Any]) -> float:
-        """The method's learning rate; a pretrained trunk that is being trained gets 1e-4 so its
-        ImageNet features are adapted rather than overwritten."""
-        if options.get("trunk", "small") != "small" and not options.get("freeze_trunk"):
-            return 1e-4
-        return self.lr
-
-    def resolve(self, given: dict[str, Any]) -> tuple[dict[str, Any], Augment, int | None]:
-        """(model options, augmentation, max_per_class) from the defaults and the user's options."""
-        augment_keys = {"flip", "crop", "jitter", "noise"}
-        known = set(self.options) | augment_keys | {"max_per_class"}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise InputError(
-                f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
-        opts["image_size"] = _size_pair(opts["image_size"])
-        if "channels" in opts:
-            opts["channels"] = [int(c) for c in opts["channels"]]
-        aug = {k: given[k] for k in augment_keys & set(given)}
-        augment = Augment(**{**self.augment.__dict__, **aug})
-        return opts, augment, given.get("max_per_class")
-
-
-def _size_pair(value: Any) -> tuple[int, int]:
-    """An image size as (height, width) from an int or a pair."""
-    if isinstance(value, int | float | str):
-        value = (int(value), int(value))
-    h, w = (int(v) for v in value)
-    if not (min(h, w) >= 8 and max(h, w) <= 1024):
-        raise InputError(f"image_size must be between 8 and 1024 pixels, got {h}x{w}")
-    return h, w
-
-
-METHODS: dict[str, MethodSpec] = {
-    "siamese": MethodSpec(
-        "siamese",
-        "twin network on balanced pairs (contrastive loss) or triplets; small CNN or pretrained trunk",
-        True,
-        _build_siamese,
-        {
-            "trunk": "small",
-            "trunk_weights": None,
-            "freeze_trunk": False,
-            "channels": [32, 64, 128],
-            "pool": "avg",
-            "head": "mlp",
-            "hidden": 512,
-            "embed_dim": 128,
-            "loss": "contrastive",
-            "margin": None,
-            "pairs_per_epoch": None,
-            "image_size": 64,
-        },
-        Augment(flip=True, crop=0.8, jitter=0.2),
-    ),
-    "autoencoder": MethodSpec(
-        "autoencoder",
-        "denoising convolutional autoencoder (Gaussian-noise layers); features: the encoder output",
-        False,
-        _build_autoencoder,
-        {
-            "channels": [32, 64, 128],
-            "noise_std": 0.3,
-            "latent_dim": None,
-            "features": "flatten",
-            "image_size": 64,
-        },
-    ),
-    "vae": MethodSpec(
-        "vae",
-        "convolutional variational autoencoder; features: the latent mean",
-        False,
-        _build_vae,
-        {"channels": [32, 64, 128], "latent_dim": 64, "beta": 1.0, "image_size": 64},
-    ),
-    "cnn": MethodSpec(
-        "cnn",
-        "the study's CNN (Conv16/32/64, dense 1024, softmax); features: the 1024-d layer",
-        True,
-        _build_cnn,
-        {"channels": [16, 32, 64], "dense": 1024, "dropout": 0.0, "batch_norm": False, "image_size": 64},
-        Augment(flip=True),
-    ),
-    "finetune": MethodSpec(
-        "finetune",
-        "pretrained backbone + dense embedding + softmax, fine-tuned; features: the embedding",
-        True,
-        _build_finetune,
-        {
-            "backbone": "efficientnet-lite0",
-            "backbone_weights": None,
-            "freeze_backbone": False,
-            "embed_dim": 256,
-            "dropout": 0.2,
-            "image_size": 224,
-        },
-        Augment(flip=True),
-        lr=1e-4,
-        batch_size=32,
-        epochs=15,
-    ),
-}
-
-
-def method_spec(name: str) -> MethodSpec:
-    """The MethodSpec called ``name``, or an InputError listing the methods."""
-    spec = METHODS.get(name)
-    if spec is None:
-        raise InputError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
-    return spec
-
-
-def build_model(
-    method: str, options: dict[str, Any], n_classes: int, *, pretrained: bool
-) -> tuple[TrainableModel, Preprocess]:
-    """The network of ``method`` with resolved ``options``; ``pretrained=False`` skips loading
-    ImageNet weights (a checkpoint's state dict replaces them)."""
-    if method_spec(method).needs_labels and n_classes < 2:
-        raise InputError(f"{method}: needs at least two classes, got {n_classes}")
-    spec = method_spec(method)
-    # options a checkpoint predates take their defaults, so older checkpoints still load
-    opts = {**spec.options, **options}
-    opts["image_size"] = _size_pair(opts["image_size"])
-    return spec.build(opts, n_classes, pretrained)

@@ -25,7 +25,8 @@ from ..errors import InputError
 from ..extract import Skipped, resolve_device
 from .checkpoint import checkpoint_meta, feature_dim, read_checkpoint, save_checkpoint
 from .data import TrainingData, load_training_data
-from .models import ConvAutoencoder, ConvVAE, TrainableModel, build_model, method_spec
+from .methods import build_model, method_spec
+from .models import ConvAutoencoder, ConvVAE, TrainableModel
 from .trainer import TrainConfig, Trainer, TrainState
 
 log = logging.getLogger("lookalike")
