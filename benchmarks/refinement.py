@@ -7,7 +7,9 @@ Every row is efficientnet-lite0 (the pretrained default) with one option changed
 combinations; figures are mAP and top-1 (queries against the gallery, labels from folders).
 The copy-detection sets are built from scikit-image photos by `lookalike.samples` (14 photos,
 8 edited gallery copies and 3 edited queries each; `hard-copies` with edits of strength 1.8:
-crops down to 19% of the photo, turns up to 27 degrees). Features are cached between rows.
+crops down to 19% of the photo, turns up to 27 degrees; `disc-copies`, a DISC21-like set: 14 photos x
+2 gallery copies plus 400 distractors cut from 9 other photos, 4 queries per photo at strength 1.8,
+70% of them pasted into another photo under a caption). Features are cached between rows.
 """
 
 from __future__ import annotations
@@ -45,13 +47,17 @@ def folders(name: str, data: Path, tmp: Path) -> tuple[Path, Path]:
         return make_copy_detection_set(tmp / "copy", gallery_copies=8, query_copies=3, seed=7)
     if name == "hard-copies":
         return make_copy_detection_set(tmp / "hard", gallery_copies=8, query_copies=3, seed=7, strength=1.8)
+    if name == "disc-copies":
+        return make_copy_detection_set(
+            tmp / "disc", gallery_copies=2, query_copies=4, seed=7, strength=1.8, composite=0.7, distractors=400
+        )
     return data / name / "query", data / name / "gallery"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=HERE / "data")
-    parser.add_argument("--sets", nargs="+", default=["orl", "fmnist", "copies", "hard-copies"])
+    parser.add_argument("--sets", nargs="+", default=["orl", "fmnist", "copies", "hard-copies", "disc-copies"])
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

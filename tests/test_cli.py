@@ -209,3 +209,20 @@ def test_train_then_search_with_the_checkpoint(photo_set: tuple[Path, Path], tmp
     assert searched.exit_code == 0, searched.output
     assert len(json.loads(out.read_text())) == 5
     assert _invoke("train", "gan", gallery, "-o", tmp_path / "x", "-q").exit_code == 2
+
+
+def test_index_build_stores_whitening_and_search_applies_it(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    target = tmp_path / "w.index"
+    built = _invoke(
+        "index", "build", gallery, "-o", target, "-m", "pixels", "--whiten", "--whiten-dim", "6", "--dba", "2", "-q"
+    )
+    assert built.exit_code == 0, built.output
+    info = _invoke("index", "info", target)
+    assert "pca-whitening" in info.output and '"dba"' in info.output
+    out = tmp_path / "summary.json"
+    found = _invoke("evaluate", query, target, "--json", out, "-q")
+    assert found.exit_code == 0, found.output
+    assert json.loads(out.read_text())["refinement"]["index"]["whiten"]["dim"] == 6
+    twice = runner.invoke(app, ["search", str(query), str(target), "--whiten"])
+    assert twice.exit_code != 0 and "already stores whiten" in twice.output

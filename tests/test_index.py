@@ -161,3 +161,38 @@ def test_ray_extraction_matches_the_plain_path(gallery: Path, tmp_path: Path) ->
     )
     assert distributed.names == plain.names
     np.testing.assert_allclose(distributed.vectors, plain.vectors, atol=1e-6)
+
+
+def test_whitening_and_dba_stored_with_the_index(
+    photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path
+) -> None:
+    from lookalike import ImageSet
+    from lookalike.index.postprocess import IndexPostprocess
+    from lookalike.pipeline import Refinement
+
+    target = tmp_path / "w.index"
+    post = IndexPostprocess(whiten=True, whiten_dim=8, dba=2)
+    build_index(gallery, target, model="pixels", options=OPTS, postprocess=post, backend="flat")
+    index = GalleryIndex.open(target)
+    assert index.post.describe()["whiten"]["dim"] == 8 and index.post.dba == 2
+    assert index.search_vectors.shape == (15, 8) and index.vectors.shape[1] > 8
+    # the stored steps give exactly what fitting them at search time on the same gallery gives
+    from_index = search(photo_set[0], target, k=5, evaluate=True, options=OPTS)
+    refine = Refinement(whiten=True, whiten_dim=8, dba=2)
+    from_folder = search(photo_set[0], gallery, model="pixels", k=5, evaluate=True, options=OPTS, refinement=refine)
+    assert from_index.to_json() == from_folder.to_json()
+    assert from_index.metrics.mean_ap == pytest.approx(from_folder.metrics.mean_ap)
+    assert from_index.refinement["index"]["dba"] == {"k": 2, "alpha": 3.0}
+    with pytest.raises(InputError, match="already stores whiten"):
+        search(photo_set[0], target, options=OPTS, refinement=Refinement(whiten=True))
+    # added images get the frozen whitening; DBA is recomputed over the grown gallery
+    mean = index.post.whitening.mean.copy()
+    new = gallery / "coffee" / "extra.jpg"
+    shutil.copy(photo_set[0] / "coffee" / "coffee_query0.jpg", new)
+    index.add_images(ImageSet.from_path(new), OPTS)
+    grown = GalleryIndex.open(target)
+    np.testing.assert_array_equal(grown.post.whitening.mean, mean)
+    np.testing.assert_allclose(grown.search_vectors, grown.post.gallery(np.asarray(grown.vectors)), atol=1e-6)
+    assert len(grown.search_vectors) == 16 and grown.backend.search(grown.search_vectors[-1:], 1)[0][0, 0] == 15
+    grown.remove_paths(["coffee/extra.jpg"])
+    assert GalleryIndex.open(target).search_vectors.shape == (15, 8)

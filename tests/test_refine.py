@@ -22,6 +22,15 @@ def test_gem_with_p_one_is_average_pooling_and_large_p_approaches_max() -> None:
     assert (GlobalPool("gem", p=3.0)(fmap) >= GlobalPool("avg")(fmap) - 1e-6).all()
 
 
+def test_spoc_weights_the_centre_of_the_map() -> None:
+    centre, corner = torch.zeros(1, 1, 7, 7), torch.zeros(1, 1, 7, 7)
+    centre[..., 3, 3], corner[..., 0, 0] = 1.0, 1.0
+    assert GlobalPool("spoc")(centre).item() == pytest.approx(1.0)
+    assert GlobalPool("spoc")(corner).item() < 0.05
+    uniform = torch.ones(2, 3, 5, 5)
+    torch.testing.assert_close(GlobalPool("spoc")(uniform)[0], GlobalPool("spoc")(uniform)[1])
+
+
 def test_whitening_decorrelates_and_round_trips(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(6, 6))

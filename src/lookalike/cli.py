@@ -20,6 +20,7 @@ from .extract import ExtractOptions
 from .features import list_extractors
 from .images import DEFAULT_MAX_PIXELS, ImageSet
 from .index import GalleryIndex, build_index
+from .index.postprocess import IndexPostprocess
 from .metrics import RetrievalMetrics
 from .pipeline import Refinement
 
@@ -69,7 +70,10 @@ ModelOpt = Annotated[
     ),
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the model.")]
-PoolOpt = Annotated[str | None, typer.Option("--pool", help="CNN pooling: avg, gem or mac.")]
+PoolOpt = Annotated[str | None, typer.Option("--pool", help="CNN pooling: avg, gem, mac or spoc.")]
+MultiscaleOpt = Annotated[
+    bool, typer.Option("--multiscale", help="CNN features at scales 1, 1/sqrt(2), 1/2, averaged.")
+]
 ModelOptionOpt = Annotated[
     list[str] | None,
     typer.Option("--model-option", "-O", help="Extra model option KEY=VALUE (repeatable)."),
@@ -109,8 +113,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _model_options(weights: Path | None, pool: str | None, extra: list[str] | None) -> dict[str, Any]:
-    options: dict[str, Any] = {"weights": str(weights) if weights else None, "pool": pool}
+def _model_options(
+    weights: Path | None, pool: str | None, extra: list[str] | None, multiscale: bool = False
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "weights": str(weights) if weights else None,
+        "pool": pool,
+        "multiscale": True if multiscale else None,
+    }
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -155,6 +165,7 @@ def _run(
     model: str | None,
     weights: Path | None,
     pool: str | None,
+    multiscale: bool,
     model_option: list[str] | None,
     metric: str | None,
     device: str,
@@ -185,7 +196,7 @@ def _run(
         query,
         gallery,
         model=model,
-        model_options=_model_options(weights, pool, model_option),
+        model_options=_model_options(weights, pool, model_option, multiscale),
         k=k,
         metric=metric,
         evaluate=evaluate,
@@ -230,6 +241,7 @@ def search(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
+    multiscale: MultiscaleOpt = False,
     model_option: ModelOptionOpt = None,
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
@@ -263,6 +275,7 @@ def search(
         model=model,
         weights=weights,
         pool=pool,
+        multiscale=multiscale,
         model_option=model_option,
         metric=metric,
         device=device,
@@ -330,6 +343,7 @@ def evaluate(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
+    multiscale: MultiscaleOpt = False,
     model_option: ModelOptionOpt = None,
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
@@ -360,6 +374,7 @@ def evaluate(
         model=model,
         weights=weights,
         pool=pool,
+        multiscale=multiscale,
         model_option=model_option,
         metric=metric,
         device=device,
@@ -461,6 +476,7 @@ def index_build(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     pool: PoolOpt = None,
+    multiscale: MultiscaleOpt = False,
     model_option: ModelOptionOpt = None,
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
@@ -471,8 +487,15 @@ def index_build(
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
     gallery_labels: GLabelsOpt = None,
+    whiten: WhitenOpt = False,
+    whiten_dim: WhitenDimOpt = None,
+    dba: DbaOpt = 0,
+    alpha: AlphaOpt = 3.0,
 ) -> None:
-    """Extract a gallery once and save it as an index that `search` can use."""
+    """Extract a gallery once and save it as an index that `search` can use.
+
+    --whiten and --dba are fitted on the gallery here and stored with the index: searches apply
+    them without refitting, and images added later get the same whitening."""
     options = ExtractOptions(
         device=device,
         runtime=runtime,
@@ -486,7 +509,7 @@ def index_build(
         gallery,
         output,
         model=model or pipeline.DEFAULT_MODEL,
-        model_options=_model_options(weights, pool, model_option),
+        model_options=_model_options(weights, pool, model_option, multiscale),
         backend=backend,
         metric=metric or "cosine",
         options=options,
@@ -494,6 +517,7 @@ def index_build(
         force=force,
         labels_csv=gallery_labels,
         ray_address=ray,
+        postprocess=IndexPostprocess(whiten=whiten, whiten_dim=whiten_dim, dba=dba, alpha=alpha),
     )
     for s in emb.skipped:
         err.print(f"skipped {s.path}: {s.reason}")
@@ -565,6 +589,7 @@ def index_info(
         ("dim", str(gallery.dim)),
         ("metric", gallery.metric),
         ("backend", gallery.backend.spec),
+        ("post-processing", json.dumps(gallery.post.describe()) if gallery.post.active else "none"),
         ("root", str(gallery.root)),
         ("labelled", "yes" if gallery.labels is not None else "no"),
         ("size on disk", f"{gallery.disk_bytes() / 1e6:.1f} MB"),

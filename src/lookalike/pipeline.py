@@ -170,7 +170,8 @@ def search(
     side.embed(opts)
     t1 = time.perf_counter()
     refine = refinement or Refinement()
-    queries, gallery_vectors, exact_only = refine.apply(q_emb.features, side.vectors)
+    q_features = side.index_queries(q_emb.features, refine)
+    queries, gallery_vectors, exact_only = refine.apply(q_features, side.vectors)
     reranker = refine.reranker(queries, gallery_vectors, q_set.subset(q_emb.indices), side.readable(), opts)
     shortlist = max(k, refine.rerank_top) if reranker is not None else k
     if exact_only or side.index is None:
@@ -195,7 +196,7 @@ def search(
             "extract_seconds": round(t1 - t0, 3),
             "search_seconds": round(t2 - t1, 4),
         },
-        refinement=refine.describe(),
+        refinement=side.describe_refinement(refine),
     )
     if evaluate:
         rankings = full_rankings(queries, gallery_vectors, side.metric)
@@ -383,9 +384,29 @@ class _GallerySide:
         assert self.images is not None
         return self.images.subset(self.kept)
 
+    def index_queries(self, queries: np.ndarray, refine: Refinement) -> np.ndarray:
+        """Queries in the index's space (its stored whitening applied); a search-time step that
+        repeats one the index already stores is refused rather than applied twice."""
+        if self.index is None or not self.index.post.active:
+            return queries
+        post = self.index.post
+        if (refine.whiten and post.whiten) or (refine.dba and post.dba):
+            raise InputError(
+                f"{self.index.folder} already stores {', '.join(post.describe())} (fitted at build); "
+                "drop the option from the search or rebuild the index without it"
+            )
+        return post.queries(queries)
+
+    def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
+        """The search-time steps, plus those stored with the index (under ``index``)."""
+        out = refine.describe()
+        if self.index is not None and self.index.post.active:
+            out["index"] = self.index.post.describe()
+        return out
+
     def embed(self, opts: ExtractOptions) -> None:
         if self.index is not None:
-            self.vectors, self.names, self.labels = self.index.vectors, self.index.names, self.index.labels
+            self.vectors, self.names, self.labels = self.index.search_vectors, self.index.names, self.index.labels
             self.n_cached = len(self.index)
             return
         assert self.images is not None

@@ -7,6 +7,8 @@ moment leaves the previous complete generation in force)::
     my.index/items-<g>.json         one entry per vector: path (relative to root), file key, sha1, label
     my.index/vectors-<g>.npy        (n, d) float32, row i belongs to items[i]
     my.index/backend-<g>.bin        the FAISS index (none for the exact backend: it uses vectors)
+    my.index/searchable-<g>.npy     with --whiten/--dba: the processed vectors the backend searches
+    my.index/whitening-<g>.npz      with --whiten: the PCA whitening fitted on the gallery
     my.index/partial/               vectors of a build in progress (resumable), removed when done
 """
 
@@ -30,6 +32,7 @@ from ..features import Extractor, create_extractor
 from ..images import ImageSet
 from ..search import topk
 from .backends import ExactIndex, VectorIndex, create_backend, load_backend
+from .postprocess import IndexPostprocess
 
 MANIFEST = "lookalike-index.json"
 FORMAT = "lookalike-index"
@@ -63,6 +66,8 @@ class GalleryIndex:
     items: list[dict[str, Any]]
     generation: int = 0
     created: float = field(default_factory=time.time)
+    post: IndexPostprocess = field(default_factory=IndexPostprocess)
+    searchable: np.ndarray | None = None  # the processed vectors, when ``post`` is active
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -96,12 +101,19 @@ class GalleryIndex:
                 raise ValueError(
                     f"vectors {vectors.shape} do not match {len(items)} items of dim {manifest['dim']}"
                 )
+            post = IndexPostprocess.from_manifest(manifest.get("postprocess"), folder, g)
+            searchable = (
+                np.load(folder / f"searchable-{g}.npy", mmap_mode="r", allow_pickle=False) if post.active else None
+            )
+            if searchable is not None and len(searchable) != len(items):
+                raise ValueError(f"{len(searchable)} processed vectors for {len(items)} items")
+            search_dim = manifest.get("search_dim", manifest["dim"])
             if manifest["backend"] == "exact":
-                backend = ExactIndex(manifest["dim"], manifest["metric"], device)
-                backend.assign(vectors, ids)
+                backend = ExactIndex(search_dim, manifest["metric"], device)
+                backend.assign(vectors if searchable is None else searchable, ids)
             else:
                 path = folder / f"backend-{g}.bin"
-                backend = load_backend(manifest["backend"], path, manifest["dim"], manifest["metric"])
+                backend = load_backend(manifest["backend"], path, search_dim, manifest["metric"])
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise InputError(f"{folder}: index files are damaged or missing ({exc})") from None
         return cls(
@@ -114,6 +126,8 @@ class GalleryIndex:
             items,
             g,
             manifest.get("created", 0.0),
+            post,
+            searchable,
         )
 
     def __len__(self) -> int:
@@ -131,6 +145,11 @@ class GalleryIndex:
     def labels(self) -> list[str] | None:
         labels = [it.get("label") for it in self.items]
         return None if any(lab is None for lab in labels) else labels
+
+    @property
+    def search_vectors(self) -> np.ndarray:
+        """The vectors the backend searches: whitened / augmented when the index has ``post``."""
+        return self.vectors if self.searchable is None else self.searchable
 
     def extractor(self) -> Extractor:
         """Rebuild the extractor that made the vectors, from the saved name and options."""
@@ -155,8 +174,8 @@ class GalleryIndex:
             return 1.0
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(self), size=min(n_queries, len(self)), replace=False))
-        queries = np.asarray(self.vectors[sample])
-        exact, _ = topk(queries, np.asarray(self.vectors), k, self.metric)
+        queries = np.asarray(self.search_vectors[sample])
+        exact, _ = topk(queries, np.asarray(self.search_vectors), k, self.metric)
         approx, _ = self.search(queries, k)
         hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
         return hits / exact.size
@@ -168,6 +187,8 @@ class GalleryIndex:
             self.folder / f"vectors-{g}.npy",
             self.folder / f"items-{g}.json",
             self.folder / f"backend-{g}.bin",
+            self.folder / f"searchable-{g}.npy",
+            self.folder / f"whitening-{g}.npz",
         ]
         return sum(p.stat().st_size for p in files if p.is_file())
 
@@ -183,6 +204,11 @@ class GalleryIndex:
         atomic_write(self.folder / f"items-{g}.json", lambda h: h.write(items))
         if self.backend.spec != "exact":
             self.backend.save(self.folder / f"backend-{g}.bin")
+        if self.searchable is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(self.searchable, dtype=np.float32))
+            atomic_write(self.folder / f"searchable-{g}.npy", lambda h: h.write(buffer.getvalue()))
+        self.post.save(self.folder, g)
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -191,6 +217,8 @@ class GalleryIndex:
             "metric": self.metric,
             "backend": self.backend.spec,
             "dim": self.dim,
+            "search_dim": int(self.search_vectors.shape[1]) if len(self.items) else self.dim,
+            "postprocess": self.post.describe(),
             "count": len(self.items),
             "root": str(self.root),
             "created": self.created,
@@ -199,8 +227,8 @@ class GalleryIndex:
         text = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
         atomic_write(self.folder / MANIFEST, lambda h: h.write(text))
         self.generation = g
-        for stale in (f"vectors-{old}.npy", f"items-{old}.json", f"backend-{old}.bin"):
-            (self.folder / stale).unlink(missing_ok=True)
+        for stem in ("vectors-{}.npy", "items-{}.json", "backend-{}.bin", "searchable-{}.npy", "whitening-{}.npz"):
+            (self.folder / stem.format(old)).unlink(missing_ok=True)
 
     def add_images(self, images: ImageSet, options: ExtractOptions | None = None) -> AddReport:
         """Embed and add images; same path and content: nothing changes; same path, new content:
@@ -290,20 +318,45 @@ class GalleryIndex:
         ids = np.array([it["id"] for it in items], dtype=np.int64)
         self.vectors = np.vstack([np.asarray(self.vectors), vectors.astype(np.float32)])
         self.items = self.items + items
+        if self.post.dba:  # neighbours change: augment the whole gallery again
+            self._reprocess()
+            return
+        added = vectors.astype(np.float32)
+        if self.searchable is not None:
+            added = self.post.gallery(added)
+            self.searchable = np.vstack([np.asarray(self.searchable), added])
         if isinstance(self.backend, ExactIndex):
-            self.backend.assign(self.vectors, self._ids())
+            self.backend.assign(self.search_vectors, self._ids())
         else:
-            self.backend.add(vectors, ids)
+            self.backend.add(added, ids)
 
     def _drop_ids(self, ids: list[int]) -> None:
         drop = set(ids)
         keep = np.array([int(it["id"]) not in drop for it in self.items], dtype=bool)
         self.vectors = np.asarray(self.vectors)[keep]
         self.items = [it for it, k in zip(self.items, keep, strict=True) if k]
+        if self.post.dba:
+            self._reprocess()
+            return
+        if self.searchable is not None:
+            self.searchable = np.asarray(self.searchable)[keep]
         if isinstance(self.backend, ExactIndex):
-            self.backend.assign(self.vectors, self._ids())
+            self.backend.assign(self.search_vectors, self._ids())
         else:
             self.backend.remove(np.array(ids, dtype=np.int64))
+
+    def _reprocess(self) -> None:
+        """Recompute the processed vectors (frozen whitening, fresh DBA) and refill the backend."""
+        self.searchable = self.post.gallery(np.asarray(self.vectors))
+        dim = self.searchable.shape[1] if len(self.items) else self.backend.dim
+        self.backend = create_backend(self.backend.spec, dim, self.metric, len(self.items), self._device())
+        if isinstance(self.backend, ExactIndex):
+            self.backend.assign(self.searchable, self._ids())
+        elif len(self.items):
+            self.backend.add(self.searchable, self._ids())
+
+    def _device(self) -> str:
+        return getattr(self.backend, "device", "cpu")
 
     def _ids(self) -> np.ndarray:
         return np.array([it["id"] for it in self.items], dtype=np.int64)
@@ -345,12 +398,14 @@ def build_index(
     force: bool = False,
     labels_csv: str | Path | None = None,
     ray_address: str | None = None,
+    postprocess: IndexPostprocess | None = None,
 ) -> tuple[GalleryIndex, Embeddings]:
     """Extract a gallery and save it as an index folder at ``out``.
 
     Vectors are flushed to ``out/partial`` after every batch; if the build is interrupted
     (Ctrl-C, kill -9), ``resume=True`` continues it, losing at most the batch in flight.
     ``ray_address`` ("auto", "local" or a cluster address) runs extraction on Ray.
+    ``postprocess`` (whitening, DBA) is fitted on the gallery and stored with the index.
     """
     out = Path(out)
     images = gallery if isinstance(gallery, ImageSet) else ImageSet.from_path(gallery, labels_csv=labels_csv)
@@ -389,14 +444,18 @@ def build_index(
             item["label"] = images.labels[i]
         items.append(item)
     vectors = emb.features
-    index_backend = create_backend(backend, extractor.dim, metric, len(vectors))
+    post = postprocess or IndexPostprocess()
+    searchable = post.fit(vectors).gallery(vectors) if post.active else None
+    search_vectors = vectors if searchable is None else searchable
+    index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))
     ids = np.arange(len(vectors), dtype=np.int64)
     if isinstance(index_backend, ExactIndex):
-        index_backend.assign(vectors, ids)
+        index_backend.assign(search_vectors, ids)
     else:
-        index_backend.add(vectors, ids)
+        index_backend.add(search_vectors, ids)
     index = GalleryIndex(
-        out, images.root.resolve(), extractor.describe(), metric, index_backend, vectors, items
+        out, images.root.resolve(), extractor.describe(), metric, index_backend, vectors, items,
+        post=post, searchable=searchable,
     )
     index.save()
     shutil.rmtree(partial, ignore_errors=True)
