@@ -1,6 +1,7 @@
 """Index backends at scale: synthetic, clustered, normalised vectors (not uniform noise).
 
     python benchmarks/ann.py [--n 1000000] [--dim 512] [--queries 1000] [--backends exact ivfpq ivfsq8 hnsw]
+    python benchmarks/ann.py --backends exact ivf2048sq8 ivf4096sq8 hnswsq8 --sweep   # search settings too
 
 For each backend: build time, memory (resident-set growth while building, and the serialised
 index size), queries/s (1,000 queries searched as one batch, k=10) and recall@10 against exact
@@ -18,6 +19,7 @@ import os
 import platform
 import time
 
+import faiss
 import numpy as np
 
 from lookalike.index import create_backend
@@ -26,9 +28,16 @@ SPECS = {
     "exact": "exact",
     "ivfpq": "faiss:IVF1024,PQ64",
     "ivfsq8": "faiss:IVF1024,SQ8",
+    "ivf2048sq8": "faiss:IVF2048,SQ8",
+    "ivf4096sq8": "faiss:IVF4096,SQ8",
+    "ivf4096pq": "faiss:IVF4096,PQ64",
     "hnsw": "faiss:HNSW32",
     "hnswsq8": "faiss:HNSW32,SQ8",
+    "hnswfp16": "faiss:HNSW32,SQfp16",
 }
+# --sweep: the search-time settings tried on each built index (the first of each is not the default)
+NPROBES = (4, 8, 16, 32, 64, 128)
+EF_SEARCHES = (64, 128, 256, 512)
 
 
 def rss_mb() -> float:
@@ -58,11 +67,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--backends", nargs="+", default=["exact", "ivfpq", "ivfsq8", "hnswsq8"])
+    parser.add_argument("--sweep", action="store_true", help="also search with each nprobe / efSearch")
+    parser.add_argument(
+        "--overlap", action="store_true", help="clusters that share one 64-d subspace (a harder set for IVF)"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((2000, args.dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     bases = rng.standard_normal((2000, 16, args.dim)).astype(np.float32) / np.sqrt(args.dim)
+    if args.overlap:  # centres and spreads share one 64-d subspace: clusters overlap, as in real features
+        shared = np.linalg.qr(rng.standard_normal((args.dim, 64)))[0].T.astype(np.float32)  # (64, dim)
+        centres = centres[:, :64] @ shared + 0.1 * centres / np.sqrt(args.dim) * 8
+        bases = bases[:, :, :64] @ shared * np.sqrt(args.dim / 64) + 0.3 * bases
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     data = clustered(args.n, args.dim, rng, centres, bases)
     queries = clustered(args.queries, args.dim, rng, centres, bases)
     ids = np.arange(args.n, dtype=np.int64)
@@ -79,21 +96,54 @@ def main() -> None:
             index.add(data, ids)
         build = time.perf_counter() - start
         grown = rss_mb() - before
-        start = time.perf_counter()
-        found, _ = index.search(queries, 10)
-        qps = len(queries) / (time.perf_counter() - start)
-        if truth is None:
-            truth = found if name == "exact" else create_exact_truth(data, queries)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
-        size = index.index.ntotal and len(__import__("faiss").serialize_index(index.index)) / 1e6 if name != "exact" else data.nbytes / 1e6
-        rows.append((name, SPECS[name], build, max(grown, 0.0), size, qps, recall))
-        print(f"{name}: build {build:.1f} s, +{grown:.0f} MB RSS, size {size:.0f} MB, {qps:.0f} q/s, recall@10 {recall:.4f}", flush=True)
+        size = data.nbytes / 1e6 if name == "exact" else len(faiss.serialize_index(index.index)) / 1e6
+        for setting in settings(index, args.sweep):
+            start = time.perf_counter()
+            found, _ = index.search(queries, 10)
+            qps = len(queries) / (time.perf_counter() - start)
+            if truth is None:
+                truth = found if name == "exact" else create_exact_truth(data, queries)
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
+            rows.append((name, SPECS[name], setting, build, max(grown, 0.0), size, qps, recall))
+            print(
+                f"{name} {setting}: build {build:.1f} s, +{grown:.0f} MB RSS, size {size:.0f} MB, "
+                f"{qps:.0f} q/s, recall@10 {recall:.4f}",
+                flush=True,
+            )
         del index
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; {args.n:,} x {args.dim} vectors, {args.queries} queries, k=10")
-    print("| backend | spec | build s | memory MB (RSS growth) | index size MB | queries/s | recall@10 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, spec, build, grown, size, qps, recall in rows:
-        print(f"| {name} | `{spec}` | {build:.1f} | {grown:.0f} | {size:.0f} | {qps:.0f} | {recall:.4f} |")
+    print("| backend | spec | search setting | build s | memory MB (RSS growth) | index size MB | queries/s | recall@10 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, spec, setting, build, grown, size, qps, recall in rows:
+        print(f"| {name} | `{spec}` | {setting} | {build:.1f} | {grown:.0f} | {size:.0f} | {qps:.0f} | {recall:.4f} |")
+
+
+def settings(index, sweep: bool):
+    """Set each search setting to try on ``index`` in turn, yielding its label ("default" first)."""
+    faiss = __import__("faiss")
+    yield "default" + _current(index, faiss)
+    if not sweep or not hasattr(index, "factory"):
+        return
+    if "IVF" in index.factory:
+        nlist = faiss.extract_index_ivf(index.index.index).nlist
+        for nprobe in (p for p in NPROBES if p <= nlist):
+            index.nprobe = nprobe
+            yield f"nprobe {nprobe}"
+    if "HNSW" in index.factory:
+        for ef in EF_SEARCHES:
+            index.ef_search = ef
+            yield f"efSearch {ef}"
+
+
+def _current(index, faiss) -> str:
+    if not hasattr(index, "factory"):
+        return ""
+    inner = index.index.index
+    if "IVF" in index.factory:
+        return f" (nprobe {faiss.extract_index_ivf(inner).nprobe})"
+    if "HNSW" in index.factory:
+        return f" (efSearch {faiss.downcast_index(inner).hnsw.efSearch})"
+    return ""
 
 
 def create_exact_truth(data: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from lookalike import (
     embed,
     list_extractors,
 )
-from lookalike.extract import _Decoded
+from lookalike.extract import DecodedImages
 from lookalike.samples import sample_photo
 
 # ImageNet class ids (torchvision's order)
@@ -33,7 +33,7 @@ def _batch(names: list[str], extractor, tmp_path: Path) -> torch.Tensor:
     for name in names:
         sample_photo(name).save(tmp_path / f"{name}.png")
         paths.append(tmp_path / f"{name}.png")
-    data = _Decoded(paths, extractor.preprocess.size, 10**9)
+    data = DecodedImages(paths, extractor.preprocess.size, 10**9)
     return torch.stack([data[i][1] for i in range(len(paths))]).float()
 
 

@@ -183,6 +183,8 @@ def test_whitening_and_dba_stored_with_the_index(
     assert from_index.to_json() == from_folder.to_json()
     assert from_index.metrics.mean_ap == pytest.approx(from_folder.metrics.mean_ap)
     assert from_index.refinement["index"]["dba"] == {"k": 2, "alpha": 3.0}
+    raw = np.asarray(index.vectors[:3])  # the server's path: raw features in, whitening applied inside
+    np.testing.assert_array_equal(index.query(raw, 4)[0], index.search(index.post.queries(raw), 4)[0])
     with pytest.raises(InputError, match="already stores whiten"):
         search(photo_set[0], target, options=OPTS, refinement=Refinement(whiten=True))
     # added images get the frozen whitening; DBA is recomputed over the grown gallery
@@ -196,3 +198,19 @@ def test_whitening_and_dba_stored_with_the_index(
     assert len(grown.search_vectors) == 16 and grown.backend.search(grown.search_vectors[-1:], 1)[0][0, 0] == 15
     grown.remove_paths(["coffee/extra.jpg"])
     assert GalleryIndex.open(target).search_vectors.shape == (15, 8)
+
+
+def test_auto_backend_and_ivf_training_sample() -> None:
+    assert isinstance(create_backend("auto", 8, "cosine", 1000), ExactIndex)
+    big = create_backend("auto", 8, "cosine", 1_000_000)
+    assert isinstance(big, FaissIndex) and big.factory == "IVF4000,SQ8"
+    import faiss
+
+    assert faiss.extract_index_ivf(big.index.index).nprobe == 31
+    small = FaissIndex(8, "cosine", "IVF4,Flat")
+    x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sample = small._training_sample(x)
+    assert len(sample) == 256 and {tuple(r) for r in sample} <= {tuple(r) for r in x}
+    small.add(x, np.arange(1000))
+    assert small.search(x[:5], 1)[0][:, 0].tolist() == [0, 1, 2, 3, 4]

@@ -105,9 +105,9 @@ def test_checkpoint_round_trip_gives_identical_features(
     model, preprocess = rebuild(read_checkpoint(result.best))
     saved = torch.load(result.best, weights_only=True)["state_dict"]
     model.load_state_dict(saved)
-    from lookalike.extract import _Decoded
+    from lookalike.extract import DecodedImages
 
-    data = _Decoded(images.paths, preprocess.size, 10**9)
+    data = DecodedImages(images.paths, preprocess.size, 10**9)
     pixels = torch.stack([data[i][1] for i in range(len(images))]).float()
     with torch.no_grad():
         direct = torch.nn.functional.normalize(model.features()(Normalise(preprocess)(pixels)), dim=1).numpy()

@@ -115,7 +115,9 @@ class FeatureCache:
             self._write_shard(self._pending)
             self._rows.update(self._pending)
             self._pending = {}
-            shards = self._shards()
+            # listing the folder after every flush would make a resumable build (a shard per
+            # batch, never compacted) quadratic in its batches
+            shards = self._shards() if self.max_shards is not None else []
             if self.max_shards is not None and len(shards) > self.max_shards:
                 self._write_shard(self._rows)
                 newest = self._shards()[-1]

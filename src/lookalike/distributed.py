@@ -30,12 +30,12 @@ class EmbedActor:
     def __init__(self, name: str, options: dict[str, Any], max_pixels: int, runtime: str) -> None:
         import torch
 
-        from .extract import _Decoded
+        from .extract import DecodedImages
 
         self.extractor = create_extractor(name, **options)
         device = resolve_device("cuda" if torch.cuda.is_available() else "cpu")
         self.runner = make_runner(self.extractor, device, runtime, None)
-        self.decoder = _Decoded([], self.extractor.preprocess.size, max_pixels)
+        self.decoder = DecodedImages([], self.extractor.preprocess.size, max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pathlib import Path

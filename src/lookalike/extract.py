@@ -64,7 +64,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class _Decoded(Dataset):
+class DecodedImages(Dataset):
     """Decodes, orients and resizes image ``i`` to a (3, h, w) uint8 tensor, or reports why not."""
 
     def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int) -> None:
@@ -84,7 +84,7 @@ class _Decoded(Dataset):
         return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), ""
 
 
-class _JpegBytes(_Decoded):
+class _JpegBytes(DecodedImages):
     """For decoding on the device: returns a JPEG's raw bytes when the device decoder can take it
     (baseline RGB/grey JPEG within the pixel limit), otherwise the CPU-decoded tensor as usual."""
 
@@ -332,7 +332,7 @@ class _Job:
             enough = len(self.todo) >= 2 * batch_size
             workers = min(8 if cuda else 4, os.cpu_count() or 1) if enough else 0
         paths = [self.images.paths[i] for i in self.todo]
-        kind = _JpegBytes if device_decode else _Decoded
+        kind = _JpegBytes if device_decode else DecodedImages
         dataset = kind(paths, self.extractor.preprocess.size, self.opts.max_pixels)
         return DataLoader(
             dataset,
@@ -393,7 +393,7 @@ class _Job:
             ids += [j for pos, j in enumerate(batch.jpeg_ids) if pos not in failed]
             parts.append(decoded)
         if failed:
-            fallback = _Decoded(
+            fallback = DecodedImages(
                 [self.images.paths[self.todo[batch.jpeg_ids[p]]] for p in failed], size, self.opts.max_pixels
             )
             for n, pos in enumerate(failed):

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import default_cache_dir
 from .errors import ImageError, InputError
-from .extract import _Decoded, make_runner, resolve_device
+from .extract import DecodedImages, make_runner, resolve_device
 from .index import GalleryIndex
 from .report import thumbnail_jpeg
 
@@ -114,7 +114,7 @@ class Searcher:
 
     def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
         """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
-        _, pixels, reason = _Decoded([path], self.extractor.preprocess.size, max_pixels)[0]
+        _, pixels, reason = DecodedImages([path], self.extractor.preprocess.size, max_pixels)[0]
         if pixels is None:
             raise ImageError(path, reason)
         with self._lock:
@@ -124,7 +124,7 @@ class Searcher:
         """(gallery name, score, label) of the top ``k`` for one image file, best first."""
         vector = self.embed_file(path, max_pixels)
         with self._lock:
-            rows, scores = self.index.search(vector, min(k, len(self.names)))
+            rows, scores = self.index.query(vector, min(k, len(self.names)))
         out = []
         for row, score in zip(rows[0], scores[0], strict=True):
             if row >= 0:

@@ -162,11 +162,16 @@ class GalleryIndex:
         return extractor
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of ``items`` (n, k) and scores for each query vector, best first."""
+        """Rows of ``items`` (n, k) and scores for each query vector (already in the index's
+        space: see ``query`` for raw features), best first."""
         ids, scores = self.backend.search(queries, k)
         row_of = {int(it["id"]): r for r, it in enumerate(self.items)}
         rows = np.vectorize(lambda i: row_of.get(int(i), -1), otypes=[np.int64])(ids) if ids.size else ids
         return rows, scores
+
+    def query(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` for the model's raw query features: the stored whitening is applied first."""
+        return self.search(self.post.queries(np.asarray(features, dtype=np.float32)), k)
 
     def recall_at(self, k: int = 10, n_queries: int = 1000, seed: int = 0) -> float:
         """Recall@k of the backend against exact search, with stored vectors as queries."""

@@ -1,6 +1,6 @@
 """Training data: class folders decoded once, a stratified seeded validation split, augmentation.
 
-Images go through the same decoding and resizing as extraction (``extract._Decoded``), so a model
+Images go through the same decoding and resizing as extraction (``extract.DecodedImages``), so a model
 sees at training time exactly the pixels it will see when it is searched with.
 """
 
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..errors import ImageError, InputError
-from ..extract import Skipped, _Decoded, _worker_init
+from ..extract import DecodedImages, Skipped, _worker_init
 from ..images import DEFAULT_MAX_PIXELS, ImageSet
 
 log = logging.getLogger("lookalike")
@@ -133,7 +133,7 @@ class DiskStore(ImageStore):
     """Images decoded per batch in a thread pool: for sets too large to keep decoded in memory."""
 
     def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int) -> None:
-        self.decoder = _Decoded(paths, size, max_pixels)
+        self.decoder = DecodedImages(paths, size, max_pixels)
         self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 
     def __len__(self) -> int:
@@ -241,7 +241,7 @@ def decode_all(
     n_bytes = len(images) * 3 * size[0] * size[1]
     if n_bytes > PRELOAD_LIMIT_BYTES:
         return _check_headers(images, size, max_pixels, what)
-    dataset = _Decoded(images.paths, size, max_pixels)
+    dataset = DecodedImages(images.paths, size, max_pixels)
     workers = min(4, os.cpu_count() or 1) if len(images) >= 512 else 0
     loader = DataLoader(
         dataset,
