@@ -29,6 +29,8 @@ HERE = Path(__file__).parent
 ROWS: list[tuple[str, dict, Refinement]] = [
     ("baseline (avg pooling)", {}, Refinement()),
     ("GeM pooling (p=3)", {"pool": "gem"}, Refinement()),
+    ("SPoC pooling (centre prior)", {"pool": "spoc"}, Refinement()),
+    ("MAC pooling", {"pool": "mac"}, Refinement()),
     ("multi-scale (1, 1/sqrt2, 1/2)", {"multiscale": True}, Refinement()),
     ("PCA whitening (shrinkage 10)", {}, Refinement(whiten=True)),
     ("PCA whitening to 128-d", {}, Refinement(whiten=True, whiten_dim=128)),

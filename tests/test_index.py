@@ -198,6 +198,28 @@ def test_whitening_and_dba_stored_with_the_index(
     assert len(grown.search_vectors) == 16 and grown.backend.search(grown.search_vectors[-1:], 1)[0][0, 0] == 15
     grown.remove_paths(["coffee/extra.jpg"])
     assert GalleryIndex.open(target).search_vectors.shape == (15, 8)
+    assert json.loads((target / "lookalike-index.json").read_text())["version"] == 2
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss:IVF2,Flat"])
+def test_a_processed_index_can_be_emptied_and_filled_again(backend: str, gallery: Path, tmp_path: Path) -> None:
+    from lookalike import ImageSet
+    from lookalike.index.postprocess import IndexPostprocess
+
+    target = tmp_path / "p.index"
+    post = IndexPostprocess(whiten=True, whiten_dim=4, dba=3)
+    build_index(gallery, target, model="pixels", options=OPTS, postprocess=post, backend=backend)
+    index = GalleryIndex.open(target)
+    index.remove_paths(["astronaut", "camera", "chelsea", "coffee"])  # down to 3 images: DBA k=3 still holds
+    assert GalleryIndex.open(target).search_vectors.shape == (3, 4)
+    index.remove_paths([str(gallery)])  # the root folder: everything
+    empty = GalleryIndex.open(target)
+    assert len(empty) == 0 and empty.search_vectors.shape == (0, 4)
+    empty.add_images(ImageSet.from_path(gallery), OPTS)
+    refilled = GalleryIndex.open(target)
+    assert refilled.search_vectors.shape == (15, 4)
+    rows, _ = refilled.query(np.asarray(refilled.vectors[:2]), 1)
+    assert rows.shape == (2, 1) and (rows >= 0).all()
 
 
 def test_auto_backend_and_ivf_training_sample() -> None:
@@ -208,9 +230,10 @@ def test_auto_backend_and_ivf_training_sample() -> None:
 
     assert faiss.extract_index_ivf(big.index.index).nprobe == 31
     small = FaissIndex(8, "cosine", "IVF4,Flat")
-    x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((70_000, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     sample = small._training_sample(x)
-    assert len(sample) == 256 and {tuple(r) for r in sample} <= {tuple(r) for r in x}
-    small.add(x, np.arange(1000))
+    assert len(sample) == 65_536 and {tuple(r) for r in sample} <= {tuple(r) for r in x}
+    assert len(small._training_sample(x[:1000])) == 1000
+    small.add(x, np.arange(70_000))
     assert small.search(x[:5], 1)[0][:, 0].tolist() == [0, 1, 2, 3, 4]

@@ -18,6 +18,15 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+BLOCK = 65_536  # rows converted to float64 at a time
+
+
+def _blocks(x: np.ndarray):
+    """Consecutive row blocks of ``x`` as float64."""
+    for start in range(0, len(x), BLOCK):
+        yield np.asarray(x[start : start + BLOCK], dtype=np.float64)
+
+
 class PCAWhitening:
     """PCA whitening with optional dimension reduction, fitted on (gallery) features.
 
@@ -37,12 +46,16 @@ class PCAWhitening:
 
     def fit(self, x: np.ndarray) -> PCAWhitening:
         """Learn the mean and the whitening projection from the rows of ``x``."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
         if len(x) < 2:
             raise InputError(f"whitening needs at least 2 vectors to fit, got {len(x)}")
-        self.mean = x.mean(axis=0)
-        centred = x - self.mean
-        cov = centred.T @ centred / (len(x) - 1)
+        # float64 sums over blocks: a million 512-d vectors never get a float64 copy of their own
+        self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
+        cov = np.zeros((x.shape[1], x.shape[1]))
+        for block in _blocks(x):
+            centred = block - self.mean
+            cov += centred.T @ centred
+        cov /= len(x) - 1
         values, vectors = np.linalg.eigh(cov)
         order = np.argsort(values)[::-1]
         rank = int(np.sum(values > values.max() * 1e-10))
@@ -56,7 +69,11 @@ class PCAWhitening:
         """Whitened, L2-normalised float32 rows."""
         if self.mean is None or self.projection is None:
             raise InputError("PCAWhitening.transform called before fit")
-        return l2_normalise((np.asarray(x, dtype=np.float64) - self.mean) @ self.projection)
+        x = np.asarray(x)
+        out = np.empty((len(x), self.projection.shape[1]), dtype=np.float32)
+        for start, block in zip(range(0, len(x), BLOCK), _blocks(x), strict=True):
+            out[start : start + len(block)] = l2_normalise((block - self.mean) @ self.projection)
+        return out
 
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
         return self.fit(x).transform(x)

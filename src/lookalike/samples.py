@@ -136,7 +136,7 @@ def make_copy_detection_set(
             for i in range(count):
                 quality = int(rng.integers(30, 95))
                 copy = edited_copy(img, rng, strength)
-                if folder is query_dir and rng.random() < composite:
+                if folder is query_dir and composite and rng.random() < composite:
                     copy = composite_copy(copy, backgrounds[int(rng.integers(0, len(backgrounds)))], rng)
                 copy.save(folder / name / f"{name}_{prefix}{i}.jpg", quality=quality)
     if distractors:

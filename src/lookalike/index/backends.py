@@ -141,7 +141,7 @@ class FaissIndex:
 
     def _default_search_params(self) -> None:
         """Search settings that FAISS serialises with the index: IVF probes 1/128 of its lists
-        (at least 16: 32 of the 4,000 that `auto` gives a million vectors), HNSW explores 128
+        (at least 16: 31 of the 4,000 that `auto` gives a million vectors), HNSW explores 128
         candidates. From the sweep in BENCHMARKS.md, where recall@10 stays at 0.997 from 4 probes
         up while queries/s halve with each doubling."""
         faiss = _faiss()
@@ -169,11 +169,12 @@ class FaissIndex:
         self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
 
     def _training_sample(self, vectors: np.ndarray) -> np.ndarray:
-        """At most 64 vectors per IVF list (seeded sample): k-means on a million 512-d vectors
-        costs minutes more and places the lists no better than on a quarter of a million."""
+        """At most 64 vectors per IVF list, and never fewer than 65,536 (what PQ and SQ codebooks
+        need), as a seeded sample: k-means on a million 512-d vectors costs minutes more and
+        places the lists no better than on a quarter of a million."""
         if "IVF" not in self.factory:
             return vectors
-        limit = 64 * _faiss().extract_index_ivf(self.index.index).nlist
+        limit = max(64 * _faiss().extract_index_ivf(self.index.index).nlist, 65_536)
         if len(vectors) <= limit:
             return vectors
         rows = np.sort(np.random.default_rng(0).choice(len(vectors), size=limit, replace=False))
@@ -192,6 +193,10 @@ class FaissIndex:
         if vectors is not None:
             fresh.add(vectors, keep)
         self.index = fresh.index
+
+    def clear(self) -> None:
+        """Drop every vector but keep what was trained (IVF lists, codebooks, search settings)."""
+        self.index.reset()
 
     def _tune(self) -> None:
         faiss = _faiss()

@@ -8,6 +8,7 @@ so it is recomputed over the whole gallery whenever the index changes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import numpy as np
 from ..errors import InputError
 from ..postprocess import PCAWhitening
 from ..rerank import database_augmentation
+
+log = logging.getLogger("lookalike")
+LARGE_DBA = 200_000  # above this many vectors, DBA's exact k-NN over the gallery gets a warning
 
 
 @dataclass
@@ -35,6 +39,8 @@ class IndexPostprocess:
             raise InputError(f"DBA k must be 0 (off) or positive, got {self.dba}")
         if self.whiten_dim is not None and not self.whiten:
             raise InputError("--whiten-dim needs --whiten")
+        if self.whiten_dim is not None and self.whiten_dim < 1:
+            raise InputError(f"whitening dimension must be positive, got {self.whiten_dim}")
 
     @property
     def active(self) -> bool:
@@ -54,12 +60,24 @@ class IndexPostprocess:
             raise InputError("index whitening used before it was fitted")
         return self.whitening.transform(x)
 
-    def gallery(self, raw: np.ndarray) -> np.ndarray:
-        """The searchable vectors of the whole gallery."""
-        x = self.queries(np.asarray(raw, dtype=np.float32))
-        if self.dba and len(x):
+    def gallery(self, raw: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """The searchable vectors of the whole gallery (``dim`` columns when it is empty)."""
+        raw = np.asarray(raw, dtype=np.float32)
+        if not len(raw):
+            out_dim = dim if dim is not None else self.output_dim(raw.shape[1])
+            return np.zeros((0, out_dim), dtype=np.float32)
+        x = self.queries(raw)
+        if self.dba:
+            if len(x) > LARGE_DBA:
+                log.warning("DBA over %d vectors: an exact k-NN of the whole gallery, this takes a while", len(x))
             x = database_augmentation(x, min(self.dba, len(x)), self.alpha)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def output_dim(self, input_dim: int) -> int:
+        """The dimension of processed vectors."""
+        if self.whitening is not None and self.whitening.projection is not None:
+            return int(self.whitening.projection.shape[1])
+        return input_dim
 
     def describe(self) -> dict[str, Any]:
         """What is stored, as recorded in the manifest and in search outputs."""

@@ -36,7 +36,7 @@ from .postprocess import IndexPostprocess
 
 MANIFEST = "lookalike-index.json"
 FORMAT = "lookalike-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: post-processing (whitening, DBA) stored with the index
 
 
 def file_sha1(path: Path) -> str:
@@ -216,13 +216,13 @@ class GalleryIndex:
         self.post.save(self.folder, g)
         manifest = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": 2 if self.post.active else 1,  # plain indexes stay readable by older versions
             "generation": g,
             "model": self.model,
             "metric": self.metric,
             "backend": self.backend.spec,
             "dim": self.dim,
-            "search_dim": int(self.search_vectors.shape[1]) if len(self.items) else self.dim,
+            "search_dim": int(self.search_vectors.shape[1]),
             "postprocess": self.post.describe(),
             "count": len(self.items),
             "root": str(self.root),
@@ -285,7 +285,7 @@ class GalleryIndex:
             new_rows.append(vec)
             new_items.append(item)
         if replaced_ids:
-            self._drop_ids(replaced_ids)
+            self._drop_ids(replaced_ids, refresh=not new_items)
         if new_items:
             self._append(np.stack(new_rows), new_items)
             self.save()
@@ -302,7 +302,10 @@ class GalleryIndex:
                 else str(arg)
             )
             target = target.rstrip("/")
-            hits = [it for it in self.items if it["path"] == target or it["path"].startswith(target + "/")]
+            if target in ("", "."):  # the index's root itself: everything
+                hits = list(self.items)
+            else:
+                hits = [it for it in self.items if it["path"] == target or it["path"].startswith(target + "/")]
             if not hits:
                 unmatched.append(str(arg))
             for it in hits:
@@ -335,13 +338,16 @@ class GalleryIndex:
         else:
             self.backend.add(added, ids)
 
-    def _drop_ids(self, ids: list[int]) -> None:
+    def _drop_ids(self, ids: list[int], refresh: bool = True) -> None:
+        """Drop items by id; ``refresh=False`` leaves a DBA index's processed vectors to the
+        ``_append`` that follows (a replace), so DBA is recomputed once, not twice."""
         drop = set(ids)
         keep = np.array([int(it["id"]) not in drop for it in self.items], dtype=bool)
         self.vectors = np.asarray(self.vectors)[keep]
         self.items = [it for it, k in zip(self.items, keep, strict=True) if k]
         if self.post.dba:
-            self._reprocess()
+            if refresh:
+                self._reprocess()
             return
         if self.searchable is not None:
             self.searchable = np.asarray(self.searchable)[keep]
@@ -351,17 +357,15 @@ class GalleryIndex:
             self.backend.remove(np.array(ids, dtype=np.int64))
 
     def _reprocess(self) -> None:
-        """Recompute the processed vectors (frozen whitening, fresh DBA) and refill the backend."""
-        self.searchable = self.post.gallery(np.asarray(self.vectors))
-        dim = self.searchable.shape[1] if len(self.items) else self.backend.dim
-        self.backend = create_backend(self.backend.spec, dim, self.metric, len(self.items), self._device())
+        """Recompute the processed vectors (frozen whitening, fresh DBA) and refill the backend,
+        which keeps its training (IVF lists, codebooks), so a gallery that shrank still fits."""
+        self.searchable = self.post.gallery(np.asarray(self.vectors), dim=self.backend.dim)
         if isinstance(self.backend, ExactIndex):
             self.backend.assign(self.searchable, self._ids())
-        elif len(self.items):
+            return
+        self.backend.clear()
+        if len(self.items):
             self.backend.add(self.searchable, self._ids())
-
-    def _device(self) -> str:
-        return getattr(self.backend, "device", "cpu")
 
     def _ids(self) -> np.ndarray:
         return np.array([it["id"] for it in self.items], dtype=np.int64)
