@@ -195,3 +195,18 @@ def test_thumbnail_follows_exif_orientation(tmp_path: Path) -> None:
     img.save(tmp_path / "r.jpg", exif=exif)
     thumb = Image.open(io.BytesIO(thumbnail_jpeg(tmp_path / "r.jpg", 16)))
     assert thumb.size == (8, 16)
+
+
+def test_subtitle_names_the_options_that_shaped_the_ranking(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from lookalike.pipeline import Refinement
+
+    query, gallery = photo_set
+    run = lookalike.evaluate(
+        query,
+        gallery,
+        model="pixels",
+        options=lookalike.ExtractOptions(use_cache=False),
+        refinement=Refinement(whiten=True, whiten_dim=4, dba=2, rerank="k-reciprocal", rerank_top=12),
+    )
+    data = report_data(write_report(run, query, gallery, tmp_path / "r.html", progress=False))
+    assert "model pixels (whiten 4-d, dba 2, rerank k-reciprocal top 12)" in data["subtitle"]

@@ -269,7 +269,7 @@ def write_report(
     if isinstance(run_or_results, SearchRun):
         rows, metric = _rows_from_run(run_or_results), run_or_results.metric
         metrics = metrics or run_or_results.metrics
-        model = run_or_results.model.get("name")
+        model = _model_text(run_or_results.model, run_or_results.refinement)
     else:
         rows, metric, model = _rows_from_results(run_or_results), None, None
     if not rows:
@@ -356,6 +356,31 @@ def _status(
     if rank is None:
         rank = next((i + 1 for i, r in enumerate(results) if r[3] == 1), None)
     return rank, "ok" if rank == 1 else "fail"
+
+
+def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None:
+    """The model's name with the options and refinements that shaped the ranking, e.g.
+    ``efficientnet-lite0 (pool gem, multiscale; whiten 128-d, dba 3)``."""
+    name = model.get("name")
+    if not name:
+        return None
+    options = model.get("options") or {}
+    parts = []
+    if options.get("pool") not in (None, "avg"):
+        parts.append(f"pool {options['pool']}")
+    if options.get("multiscale"):
+        parts.append("multiscale")
+    steps = dict(refinement)
+    steps.update({f"index {k}": v for k, v in (steps.pop("index", None) or {}).items()})
+    for key, value in steps.items():
+        if key.endswith("whiten"):
+            dim = (value or {}).get("dim")
+            parts.append(f"{key} {dim}-d" if dim else key)
+        elif key.endswith("rerank"):
+            parts.append(f"rerank {value.get('method')} top {value.get('top')}")
+        else:
+            parts.append(f"{key} {value.get('k')}")
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def _subtitle(n: int, model: str | None, metric: str | None) -> str:
