@@ -87,6 +87,8 @@ VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "autoencoder-c2": ("autoencoder", {**_SHORT, "channels": [32, 64]}),
         "autoencoder-n1": ("autoencoder", {**_SHORT, "noise_std": 1.0}),
         "autoencoder-c2aug": ("autoencoder", {**_SHORT, "channels": [32, 64], "flip": True, "crop": 0.8}),
+        "autoencoder-mask25": ("autoencoder", {**_SHORT, "channels": [32, 64], "mask": 0.25}),
+        "autoencoder-mask50": ("autoencoder", {**_SHORT, "channels": [32, 64], "mask": 0.5}),
         "vae-b1": ("vae", {**_SHORT, "beta": 1.0}),
         "vae-b01": ("vae", {**_SHORT, "beta": 0.1}),
         "vae-b001": ("vae", {**_SHORT, "beta": 0.01, "latent_dim": 128}),

@@ -80,3 +80,17 @@ def test_method_options_given_as_text_mean_what_they_say() -> None:
         method_spec("cnn").resolve({"dense": "big"})
     with pytest.raises(InputError, match="unknown option"):
         method_spec("vae").resolve({"margin": 1.0})
+
+
+def test_mask_noise_zeroes_whole_pixels_while_training_only() -> None:
+    from lookalike.training.models import MaskNoise
+
+    torch.manual_seed(0)
+    layer, x = MaskNoise(0.5), torch.ones(4, 3, 32, 32)
+    masked = layer.train()(x)
+    zero = masked == 0
+    assert (zero.all(dim=1) == zero.any(dim=1)).all()  # all channels of a pixel together
+    assert 0.45 < zero[:, 0].float().mean().item() < 0.55
+    assert torch.equal(layer.eval()(x), x)
+    with pytest.raises(InputError, match="mask must be in"):
+        MaskNoise(1.0)

@@ -72,7 +72,7 @@ OPTION_TYPES: dict[str, str] = {
     **dict.fromkeys(
         ("hidden", "embed_dim", "pairs_per_epoch", "latent_dim", "dense", "max_per_class"), "int"
     ),
-    **dict.fromkeys(("margin", "noise_std", "beta", "dropout", "crop", "jitter", "noise"), "float"),
+    **dict.fromkeys(("margin", "noise_std", "mask", "beta", "dropout", "crop", "jitter", "noise"), "float"),
     "channels": "ints",
     "image_size": "size",
 }
@@ -144,6 +144,7 @@ METHODS: dict[str, MethodSpec] = {
         {
             "channels": [32, 64, 128],
             "noise_std": 0.3,
+            "mask": 0.0,
             "latent_dim": None,
             "features": "flatten",
             "image_size": 64,

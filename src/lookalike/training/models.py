@@ -83,6 +83,24 @@ class GaussianNoise(nn.Module):
         return x
 
 
+class MaskNoise(nn.Module):
+    """While training, sets each pixel (all channels of it) to 0 with probability ``p``: the
+    masking corruption of stacked denoising autoencoders (Vincent et al., 2010); the identity
+    otherwise."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"mask must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0:
+            keep = torch.rand(x.shape[0], 1, *x.shape[2:], device=x.device) >= self.p
+            return x * keep.to(x.dtype)
+        return x
+
+
 class SmallCNN(nn.Module):
     """A from-scratch trunk: Conv-BN-ReLU-MaxPool blocks, then global average pooling or flattening."""
 
@@ -250,7 +268,8 @@ class Resize(nn.Module):
 
 class ConvAutoencoder(TrainableModel):
     """The study's denoising autoencoder: (GaussianNoise, Conv, ReLU, MaxPool) blocks, an optional
-    dense bottleneck, and a transposed-convolution decoder; MSE loss on the clean image.
+    dense bottleneck, and a transposed-convolution decoder; MSE loss on the clean image. ``mask``
+    adds masking corruption of the input (a share of pixels zeroed while training).
 
     Features: the encoder output (after its last pooling, or the bottleneck), flattened, or
     globally average-pooled with ``features="avg"``.
@@ -260,6 +279,7 @@ class ConvAutoencoder(TrainableModel):
         super().__init__()
         size, channels, std = opts["image_size"], list(opts["channels"]), float(opts["noise_std"])
         _check_size(size, len(channels))
+        self.mask = MaskNoise(float(opts.get("mask", 0.0)))  # no weights: older checkpoints still load
         layers: list[nn.Module] = []
         for c_in, c_out in zip([3, *channels], channels, strict=False):
             layers += [
@@ -288,7 +308,7 @@ class ConvAutoencoder(TrainableModel):
         self.decoder = nn.Sequential(*unbottleneck, *_decoder_blocks(channels), Resize(size))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encoder(self.mask(x)))
 
     def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         x = views[0]
