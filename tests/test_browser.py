@@ -125,6 +125,15 @@ def test_drop_an_image_and_see_errors(page: Any, site: tuple[str, Path]) -> None
     assert page.errors == []
 
 
+def test_api_docs_render_offline(page: Any, site: tuple[str, Path]) -> None:
+    base, _ = site
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(base) else None)
+    page.goto(base + "/docs")
+    page.wait_for_selector(".opblock-summary-path[data-path='/search']", timeout=30_000)
+    assert outside == [] and page.errors == []
+
+
 def test_report_page_marks_results_and_puts_failures_first(
     page: Any, photo_set: tuple[Path, Path], tmp_path: Path
 ) -> None:

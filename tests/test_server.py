@@ -89,7 +89,12 @@ def test_health_and_openapi(served: Served) -> None:
     search = spec["paths"]["/search"]["post"]
     assert "multipart/form-data" in search["requestBody"]["content"]
     assert {"400", "413", "415"} <= set(search["responses"])
-    assert served.client.get("/docs").status_code == 200
+    docs = served.client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()  # served from here: the docs work offline
+    asset = served.client.get("/docs-assets/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and "javascript" in asset.headers["content-type"]
+    assert "/docs-assets/{path}" not in spec["paths"]
     page = served.client.get("/")
     assert page.status_code == 200 and 'type="file"' in page.text and "fetch(" in page.text
 

@@ -185,6 +185,43 @@ async def _send_413(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _swagger_assets() -> Path | None:
+    """The Swagger UI files of the swagger-ui-bundle-v2 package, if installed (else FastAPI's
+    CDN). Swagger UI 5 or later only: FastAPI's OpenAPI 3.1 schema is blank in version 4."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    folder = Path(str(swagger_ui_bundle.swagger_ui_path))
+    major = folder.name.removeprefix("swagger-ui-").split(".")[0]
+    if not major.isdigit() or int(major) < 5 or not (folder / "swagger-ui-bundle.js").is_file():
+        return None
+    return folder
+
+
+def _self_hosted_docs(app: FastAPI, assets: Path) -> None:
+    """``/docs`` with Swagger UI's JavaScript and CSS served from here, so the page works offline
+    (FastAPI's default fetches them from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        base = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{base}{app.openapi_url}",
+            title=f"{app.title} API",
+            swagger_js_url=f"{base}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{base}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{base}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
 def create_app(
     index_folder: str | Path,
     *,
@@ -207,11 +244,15 @@ def create_app(
         raise InputError(f"max_upload_bytes must be at least 1024, not {max_upload_bytes}")
     searcher = Searcher(index_folder, device, runtime)
     name = title or f"lookalike · {Path(index_folder).name}"
+    assets = _swagger_assets()
     app = FastAPI(
         title="lookalike",
         summary=f"Image search over {len(searcher.names)} gallery images ({searcher.extractor.name})",
         version=_version(),
+        docs_url=None if assets else "/docs",
     )
+    if assets:
+        _self_hosted_docs(app, assets)
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
     app.state.searcher = searcher
 
