@@ -94,7 +94,9 @@ def test_health_and_openapi(served: Served) -> None:
     assert "cdn" not in docs.text.lower()  # served from here: the docs work offline
     asset = served.client.get("/docs-assets/swagger-ui-bundle.js")
     assert asset.status_code == 200 and "javascript" in asset.headers["content-type"]
-    assert "/docs-assets/{path}" not in spec["paths"]
+    assert not any(p.startswith("/docs") for p in spec["paths"])
+    assert served.client.get("/docs-assets/index.html").status_code == 404  # only what /docs needs
+    assert served.client.get("/docs-assets/..%2Fswagger-ui.css").status_code == 404
     page = served.client.get("/")
     assert page.status_code == 200 and 'type="file"' in page.text and "fetch(" in page.text
 

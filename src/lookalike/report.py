@@ -359,8 +359,8 @@ def _status(
 
 
 def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None:
-    """The model's name with the options and refinements that shaped the ranking, e.g.
-    ``efficientnet-lite0 (pool gem, multiscale; whiten 128-d, dba 3)``."""
+    """The model's name with the options and refinements that shaped the ranking, in the order
+    they apply, e.g. ``efficientnet-lite0 (pool gem, multiscale, index whiten 128-d, qe 3)``."""
     name = model.get("name")
     if not name:
         return None
@@ -370,8 +370,8 @@ def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None
         parts.append(f"pool {options['pool']}")
     if options.get("multiscale"):
         parts.append("multiscale")
-    steps = dict(refinement)
-    steps.update({f"index {k}": v for k, v in (steps.pop("index", None) or {}).items()})
+    steps = {f"index {k}": v for k, v in (refinement.get("index") or {}).items()}  # applied first
+    steps.update({k: v for k, v in refinement.items() if k != "index"})
     for key, value in steps.items():
         if key.endswith("whiten"):
             dim = (value or {}).get("dim")

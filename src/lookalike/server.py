@@ -9,6 +9,7 @@ decodes gallery images, and the model runs under a lock, so concurrent requests 
 
 import contextlib
 import json
+import logging
 import mimetypes
 import socket
 import tempfile
@@ -33,6 +34,7 @@ from .extract import DecodedImages, make_runner, resolve_device
 from .index import GalleryIndex
 from .report import thumbnail_jpeg
 
+log = logging.getLogger("lookalike")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_THUMB_SIZE = 192
@@ -186,33 +188,42 @@ async def _send_413(send: Send, max_bytes: int) -> None:
 
 
 DOCS_ASSETS = "/docs-assets"
+# the three Swagger UI files /docs needs, and their media types
+DOCS_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 
 
 def _swagger_assets() -> Path | None:
-    """The Swagger UI files of the swagger-ui-bundle-v2 package, if installed (else FastAPI's
-    CDN). Swagger UI 5 or later only: FastAPI's OpenAPI 3.1 schema is blank in version 4."""
+    """The Swagger UI files of the swagger-ui-bundle-v2 package, or None (then FastAPI's /docs,
+    which loads them from a CDN). Swagger UI 5 or later only: FastAPI's OpenAPI 3.1 schema is blank
+    in version 4 (the older swagger-ui-bundle package installs into the same module)."""
     try:
         import swagger_ui_bundle
-    except ImportError:
-        return None
-    folder = Path(str(swagger_ui_bundle.swagger_ui_path))
-    major = folder.name.removeprefix("swagger-ui-").split(".")[0]
-    if not major.isdigit() or int(major) < 5 or not (folder / "swagger-ui-bundle.js").is_file():
-        return None
-    return folder
+
+        folder = Path(str(swagger_ui_bundle.swagger_ui_path))
+    except (ImportError, AttributeError):
+        folder = None
+    if folder is not None:
+        major = folder.name.removeprefix("swagger-ui-").split(".")[0]
+        if major.isdigit() and int(major) >= 5 and all((folder / f).is_file() for f in DOCS_FILES):
+            return folder
+    log.warning(
+        "Swagger UI 5 files not found (pip install swagger-ui-bundle-v2): /docs will load them from a CDN"
+    )
+    return None
 
 
 def _self_hosted_docs(app: FastAPI, assets: Path) -> None:
     """``/docs`` with Swagger UI's JavaScript and CSS served from here, so the page works offline
-    (FastAPI's default fetches them from a CDN)."""
+    (FastAPI's default fetches them from a CDN); only the files it needs are served."""
     from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-
-    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
-        base = request.scope.get("root_path", "")
+        base = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
             openapi_url=f"{base}{app.openapi_url}",
             title=f"{app.title} API",
@@ -220,6 +231,13 @@ def _self_hosted_docs(app: FastAPI, assets: Path) -> None:
             swagger_css_url=f"{base}{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{base}{DOCS_ASSETS}/favicon-32x32.png",
         )
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in DOCS_FILES:
+            raise HTTPException(404, "not found")
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return FileResponse(assets / name, media_type=DOCS_FILES[name], headers=headers)
 
 
 def create_app(
@@ -250,6 +268,7 @@ def create_app(
         summary=f"Image search over {len(searcher.names)} gallery images ({searcher.extractor.name})",
         version=_version(),
         docs_url=None if assets else "/docs",
+        redoc_url=None,  # one docs page, the one that works offline
     )
     if assets:
         _self_hosted_docs(app, assets)

@@ -84,9 +84,10 @@ class GaussianNoise(nn.Module):
 
 
 class MaskNoise(nn.Module):
-    """While training, sets each pixel (all channels of it) to 0 with probability ``p``: the
-    masking corruption of stacked denoising autoencoders (Vincent et al., 2010); the identity
-    otherwise."""
+    """While training, sets each pixel (all channels of it) to 0 with probability ``p``: on the
+    -1..1 scale of networks trained from scratch that is mid-grey, a masking corruption in the
+    manner of stacked denoising autoencoders (Vincent et al., 2010, who mask to black); the
+    identity otherwise."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -269,7 +270,7 @@ class Resize(nn.Module):
 class ConvAutoencoder(TrainableModel):
     """The study's denoising autoencoder: (GaussianNoise, Conv, ReLU, MaxPool) blocks, an optional
     dense bottleneck, and a transposed-convolution decoder; MSE loss on the clean image. ``mask``
-    adds masking corruption of the input (a share of pixels zeroed while training).
+    adds masking corruption of the input (a share of pixels set to mid-grey while training).
 
     Features: the encoder output (after its last pooling, or the bottleneck), flattened, or
     globally average-pooled with ``features="avg"``.
