@@ -21,6 +21,7 @@ from .images import ImageSet
 from .index import is_index
 from .metrics import TOP_KS
 from .pipeline import Refinement, evaluate
+from .plots import figure, png_bytes
 
 FIGURES = tuple(f"top-{k}" for k in TOP_KS) + ("mAP",)
 
@@ -186,15 +187,11 @@ def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = Tr
 
 def bar_chart(table: Comparison) -> bytes:
     """PNG bytes of grouped bars: one group per figure (top-1/3/10, mAP), one bar per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = len(table.rows)
     if n == 0:
         raise InputError("nothing to chart: the comparison has no methods")
     width = 0.8 / n
-    fig = Figure(figsize=(min(20.0, max(6.5, 3.0 + 0.5 * n * len(FIGURES))), 4.2), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(min(20.0, max(6.5, 3.0 + 0.5 * n * len(FIGURES))), 4.2), dpi=120)
     ax = fig.add_subplot()
     palette = [f"C{i}" for i in range(10)]  # matplotlib's default colour cycle
     for i, row in enumerate(table.rows):
@@ -209,7 +206,4 @@ def bar_chart(table: Comparison) -> bytes:
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -23,6 +23,7 @@ from .. import __version__
 from ..cache import atomic_write
 from ..errors import InputError
 from ..extract import Skipped, resolve_device
+from ..plots import figure, png_bytes
 from .checkpoint import checkpoint_meta, feature_dim, read_checkpoint, save_checkpoint
 from .data import TrainingData, load_training_data
 from .methods import build_model, method_spec
@@ -306,12 +307,8 @@ def _write_reports(
 
 def plot_loss_curve(history: list[dict[str, float]], path: Path, *, title: str = "") -> Path:
     """Training and validation loss per epoch (log scale when they span a wide range), best marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
@@ -325,11 +322,8 @@ def plot_loss_curve(history: list[dict[str, float]], path: Path, *, title: str =
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda h: h.write(buffer.getvalue()))
+    png = png_bytes(fig)
+    atomic_write(path, lambda h: h.write(png))
     return path
 
 
@@ -338,11 +332,6 @@ def plot_reconstructions(
     model: ConvAutoencoder | ConvVAE, trainer: Trainer, path: Path, count: int = 8
 ) -> Path:
     """Validation images (top row) above the model's reconstructions (bottom row)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     model.eval()
     split = trainer.val_split
     idx = torch.arange(min(count, len(split)))
@@ -350,16 +339,14 @@ def plot_reconstructions(
     recon = model.reconstruct(x)
     mean, std = trainer.normalise.mean, trainer.normalise.std
     rows = [(x * std + mean), (recon * std + mean)]
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.4 * len(idx), 3), dpi=100, squeeze=False)
+    fig = figure(figsize=(1.4 * len(idx), 3), dpi=100)
+    axes = fig.subplots(2, len(idx), squeeze=False)
     for r, (images, label) in enumerate(zip(rows, ("input", "reconstruction"), strict=True)):
         for c in range(len(idx)):
             img = images[c].clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
             axes[r][c].imshow(img)
             axes[r][c].axis("off")
         axes[r][0].set_title(label, fontsize=8, loc="left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda h: h.write(buffer.getvalue()))
+    png = png_bytes(fig)
+    atomic_write(path, lambda h: h.write(png))
     return path
