@@ -39,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hostinfo import cpu_name
 from PIL import Image, ImageEnhance
 
 import lookalike
@@ -417,14 +418,7 @@ def retrieval(data: Path, top_ns: list[int]) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import numba
 

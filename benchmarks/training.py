@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hostinfo import cpu_name
 
 import lookalike
 from lookalike.training import train
@@ -150,14 +151,7 @@ def run_one(
 
 def machine() -> str:
     """A one-line description of where the figures were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (
         f"{cpu}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__} with "
         f"{torch.get_num_threads()} intra-op thread(s), Python {platform.python_version()}"
