@@ -111,8 +111,14 @@ def test_foreign_and_corrupt_folders(gallery: Path, tmp_path: Path) -> None:
     manifest.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="not a lookalike index manifest"):
         GalleryIndex.open(tmp_path / "g.index")
-    with pytest.raises(InputError, match="not a lookalike index; refusing"):
+    with pytest.raises(InputError, match="is the gallery"):
         build_index(gallery, gallery, model="pixels", options=OPTS, force=True)
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    with pytest.raises(InputError, match="is not a lookalike index"):
+        build_index(gallery, foreign, model="pixels", options=OPTS, force=True)
+    assert (foreign / "chapter1.tex").read_text() == "precious"
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -210,9 +216,9 @@ def test_a_processed_index_can_be_emptied_and_filled_again(backend: str, gallery
     post = IndexPostprocess(whiten=True, whiten_dim=4, dba=3)
     build_index(gallery, target, model="pixels", options=OPTS, postprocess=post, backend=backend)
     index = GalleryIndex.open(target)
-    index.remove_paths(["astronaut", "camera", "chelsea", "coffee"])  # down to 3 images: DBA k=3 still holds
+    index.remove_paths(["astronaut", "camera", "chelsea", "coffee"], confirm=True)  # down to 3: DBA k=3 holds
     assert GalleryIndex.open(target).search_vectors.shape == (3, 4)
-    index.remove_paths([str(gallery)])  # the root folder: everything
+    index.remove_paths([str(gallery)], confirm=True)  # the root folder: everything
     empty = GalleryIndex.open(target)
     assert len(empty) == 0 and empty.search_vectors.shape == (0, 4)
     empty.add_images(ImageSet.from_path(gallery), OPTS)

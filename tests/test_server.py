@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -267,3 +270,82 @@ def test_sniff_image_type() -> None:
     assert sniff_image_type(b"BMW cars are nice") is None
     assert sniff_image_type(b"<svg xmlns=") is None
     assert sniff_image_type(b"") is None
+
+
+# file names as a file system may hold them: bytes that are not UTF-8, a newline, URL metacharacters
+ODD_NAMES = [
+    b"caf\xe9.png",
+    b"new\nline.png",
+    "ünï 100% #?.png".encode(),
+    b"100%2F.png",
+    b"d\xfcr/a b.png",
+    b"plain.png",
+]
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, TestClient]]:
+    """A `pixels` index over noise images whose file names are the ODD_NAMES."""
+    if os.name != "posix":
+        pytest.skip("needs a file system that takes any bytes in names")
+    root = tmp_path_factory.mktemp("odd")
+    gallery = root / "gallery"
+    rng = np.random.default_rng(5)
+    for raw in ODD_NAMES:
+        path = os.path.join(os.fsencode(gallery), raw)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as out:
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(out, "PNG")
+    build_index(gallery, root / "g.index", model="pixels", options=lookalike.ExtractOptions(progress=False))
+    with TestClient(create_app(root / "g.index", k=3)) as client:
+        yield gallery, client
+
+
+def _check_odd_names(client: TestClient | httpx.Client, gallery: Path) -> None:
+    for raw in ODD_NAMES:
+        name = os.fsdecode(raw)
+        data = (gallery / name).read_bytes()
+        response = upload(client, data, name="q.png", mime="image/png")
+        assert response.status_code == 200, response.text
+        assert response.content.isascii()  # lone surrogates go out as \udcXX escapes
+        first = response.json()["results"][0]
+        assert first["path"] == name and first["score"] == pytest.approx(1.0)
+        assert "\n" not in first["url"] and " " not in first["url"]
+        original = client.get(first["url"])
+        assert original.status_code == 200 and original.content == data, (name, first["url"])
+        thumb = client.get(first["thumbnail_url"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def test_odd_file_names_are_searched_and_served(odd: tuple[Path, TestClient]) -> None:
+    gallery, client = odd
+    _check_odd_names(client, gallery)
+    body = upload(client, (gallery / os.fsdecode(b"caf\xe9.png")).read_bytes(), mime="image/png").content
+    assert b'"path":"caf\\udce9.png"' in body and b"/gallery/caf%E9.png" in body
+    assert json.loads(body)["results"][0]["path"] == "caf\udce9.png"  # json.loads gives the exact name
+
+
+def test_odd_file_names_through_uvicorn(odd: tuple[Path, TestClient]) -> None:
+    """The same over a real server: uvicorn builds the scope (raw path, decoding) its own way."""
+    gallery, client = odd
+    with running_server(client.app) as base, httpx.Client(base_url=base, timeout=60) as live:
+        _check_odd_names(live, gallery)
+        assert live.get("/gallery/plain.png%0A").status_code == 404
+        assert live.get("/gallery/caf%C3%A9.png").status_code == 404  # UTF-8 é: another name
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/gallery/plain.png%0A",  # a trailing newline is part of the name, not dropped
+        "/gallery/new%0Aline.png%0A",
+        "/gallery/caf%E9.png%00",
+        "/gallery/caf%C3%A9.png",  # the UTF-8 spelling of café is not the Latin-1 file
+        "/thumbnail/caf%FF.png",
+        "/gallery/d%FCr/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/gallery/%0A..%2F..%2Fetc%2Fpasswd",
+    ],
+)
+def test_odd_names_serve_only_indexed_files(odd: tuple[Path, TestClient], url: str) -> None:
+    response = odd[1].get(url)
+    assert response.status_code == 404 and "root:x:" not in response.text

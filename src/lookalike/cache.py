@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from .errors import InputError
+from .fileio import atomic_write, crashpoint
 
 MAX_SHARDS = 16
-_UMASK = os.umask(0)  # read once at import (setting it is process-wide), then restored
-os.umask(_UMASK)
 
 
 def default_cache_dir() -> Path:
@@ -40,22 +36,6 @@ def file_key(path: Path) -> str | None:
     except OSError:
         return None
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Run ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # as a plain open() would create it, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:
@@ -113,6 +93,7 @@ class FeatureCache:
             return
         try:
             self._write_shard(self._pending)
+            crashpoint("cache-flush")
             self._rows.update(self._pending)
             self._pending = {}
             # listing the folder after every flush would make a resumable build (a shard per

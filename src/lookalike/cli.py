@@ -12,32 +12,95 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # typer 0.2x vendors its own click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
 
 from . import pipeline
-from .errors import ImageError, LookalikeError, NothingToProcessError
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_NO_INPUT,
+    EXIT_USAGE,
+    ImageError,
+    InputError,
+    LookalikeError,
+    NothingToProcessError,
+)
 from .extract import ExtractOptions
 from .features import list_extractors
+from .fileio import json_text, printable, write_json
 from .images import DEFAULT_MAX_PIXELS, ImageSet
 from .index import GalleryIndex, build_index
 from .index.postprocess import IndexPostprocess
 from .metrics import RetrievalMetrics
 from .pipeline import Refinement
 
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+class _OneLineErrors(TyperGroup):
+    """Every usage error (unknown option, bad value, out of range) as one ``error:`` line naming
+    the option, with the exit code that usage errors have everywhere, instead of a boxed panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, *pos: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            code = super().main(args, prog_name, *pos, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:
+            out.print(exc.ctx.get_help() if exc.ctx else exc.format_message(), markup=False)
+            code = EXIT_USAGE
+        except ClickException as exc:
+            if not standalone:
+                raise
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            err.print(f"[red]error:[/red] {escape(exc.format_message())}{escape(where)}")
+            code = exc.exit_code
+        except typer.Abort:
+            if not standalone:
+                raise
+            err.print("[red]error:[/red] interrupted")
+            code = EXIT_INTERRUPTED
+        if not standalone:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Find, for every query image, the gallery images that show the same thing.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+
+
+def _shown(text: str) -> str:
+    """A path or message as the console should show it: no rich markup, odd bytes as \\xNN."""
+    return escape(printable(str(text)))
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the moment (test runners and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def _setup_logging() -> None:
     logger = logging.getLogger("lookalike")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
@@ -53,11 +116,14 @@ def _friendly(func: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except (NothingToProcessError, ImageError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
+            err.print(f"[red]error:[/red] {_shown(str(exc))}")
+            raise typer.Exit(EXIT_NO_INPUT) from None
         except LookalikeError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+            err.print(f"[red]error:[/red] {_shown(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            err.print("[red]error:[/red] interrupted; `--resume` continues an index build where it stopped")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -81,9 +147,13 @@ ModelOptionOpt = Annotated[
 MetricOpt = Annotated[str | None, typer.Option("--metric", help="cosine (default) or euclidean.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="auto (ONNX Runtime on CPU), torch or onnx.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes.")]
-MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Skip images with more pixels than this.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=0, help="DataLoader worker processes (0: decode in-process).")
+]
+MaxPixelsOpt = Annotated[
+    int, typer.Option("--max-pixels", min=1, help="Skip images with more pixels than this.")
+]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
@@ -91,19 +161,25 @@ CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Feature c
 QLabelsOpt = Annotated[Path | None, typer.Option("--query-labels", help="path,label CSV for the queries.")]
 GLabelsOpt = Annotated[Path | None, typer.Option("--gallery-labels", help="path,label CSV for the gallery.")]
 WhitenOpt = Annotated[bool, typer.Option("--whiten", help="PCA-whiten features (fitted on the gallery).")]
-WhitenDimOpt = Annotated[int | None, typer.Option("--whiten-dim", help="Keep this many whitened dimensions.")]
+WhitenDimOpt = Annotated[int | None, typer.Option("--whiten-dim", min=1, help="Keep this many whitened dimensions.")]
 QeOpt = Annotated[
-    int, typer.Option("--qe", help="Alpha query expansion with K (counting the query); 0 = off.")
+    int, typer.Option("--qe", min=0, help="Alpha query expansion with K (counting the query); 0 = off.")
 ]
-DbaOpt = Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours; 0 = off.")]
+DbaOpt = Annotated[int, typer.Option("--dba", min=0, help="Database-side augmentation with K neighbours; 0 = off.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Similarity exponent of --qe and --dba.")]
 RerankOpt = Annotated[
     str | None,
     typer.Option("--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift."),
 ]
-RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="How many top results re-ranking re-orders.")]
+RerankTopOpt = Annotated[int, typer.Option("--rerank-top", min=1, help="How many top results re-ranking re-orders.")]
 QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
 GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]
+
+
+def _check_output_file(option: str, path: Path | None) -> None:
+    """Refuse, before any work, an output file option that names a folder."""
+    if path is not None and path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give the name of a file to write")
 
 
 def _parse_value(text: str) -> Any:
@@ -146,7 +222,7 @@ def _print_summary(run: pipeline.SearchRun, quiet: bool) -> None:
     if skipped:
         err.print(f"skipped {len(skipped)} unreadable image(s):")
         for item in skipped:
-            err.print(f"  {item['set']}: {item['path']}: {item['reason']}")
+            err.print(f"  {item['set']}: {_shown(item['path'])}: {_shown(item['reason'])}")
     if quiet:
         return
     ext, hit = run.stats["extracted"], run.stats["from_cache"]
@@ -212,7 +288,7 @@ def _write_metrics_json(path: Path, run: pipeline.SearchRun) -> None:
     doc = run.metrics.as_dict(per_query=True)
     doc["model"], doc["refinement"] = run.model, run.refinement
     doc["skipped"] = run.summary()["skipped"]
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(path, doc)
 
 
 @app.command()
@@ -220,7 +296,7 @@ def _write_metrics_json(path: Path, run: pipeline.SearchRun) -> None:
 def search(
     query: QueryArg,
     gallery: GalleryArg,
-    k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 10,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Results JSON (stdout if omitted).")
     ] = None,
@@ -263,9 +339,10 @@ def search(
     rerank: RerankOpt = None,
     rerank_top: RerankTopOpt = 100,
 ) -> None:
-    """Rank the gallery for every query image and write {query: [gallery images, best first]}."""
-    if fmt == "challenge" and not group:
-        raise typer.BadParameter("--format challenge needs --group NAME", param_hint="--group")
+    r"""Rank the gallery for every query image and write {query: \[gallery images, best first]}."""
+    pipeline.check_format(fmt, group=group, scores=scores)
+    for option, path in (("-o", output), ("--json", metrics_json), ("--summary", summary), ("--report", report)):
+        _check_output_file(option, path)
     evaluate = evaluate or metrics_json is not None
     run = _run(
         query,
@@ -301,9 +378,8 @@ def search(
     )
     doc = run.to_json(scores=scores, fmt=fmt, group=group)
     if output is None:
-        out.print_json(data=doc) if sys.stdout.isatty() else print(
-            json.dumps(doc, indent=2, ensure_ascii=False)
-        )
+        text = json_text(doc)
+        out.print_json(text) if sys.stdout.isatty() else print(text)
     else:
         run.write_json(output, scores=scores, fmt=fmt, group=group)
         if not quiet:
@@ -314,7 +390,7 @@ def search(
         if metrics_json:
             _write_metrics_json(metrics_json, run)
     if summary:
-        summary.write_text(json.dumps(run.summary(), indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(summary, run.summary())
     if report:
         from .report import write_report
 
@@ -468,7 +544,13 @@ def index_build(
         ),
     ] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Rebuild an existing index in place (the old one stays in force until the new one is complete).",
+        ),
+    ] = False,
     ray: Annotated[
         str | None,
         typer.Option("--ray", help="Extract on Ray: 'local', 'auto' (running cluster) or an address."),
@@ -519,8 +601,11 @@ def index_build(
         ray_address=ray,
         postprocess=IndexPostprocess(whiten=whiten, whiten_dim=whiten_dim, dba=dba, alpha=alpha),
     )
+    if emb is None:
+        err.print(f"{output}: the index is complete ({len(index)} images); nothing to resume")
+        return
     for s in emb.skipped:
-        err.print(f"skipped {s.path}: {s.reason}")
+        err.print(f"skipped {_shown(s.path)}: {_shown(s.reason)}")
     if not quiet:
         resumed = f" ({emb.n_cached} recovered from the interrupted build)" if emb.n_cached else ""
         err.print(
@@ -536,18 +621,28 @@ def index_add(
     images: Annotated[list[Path], typer.Argument(help="Images, folders or lists to add.")],
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "auto",
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
     strict: StrictOpt = False,
 ) -> None:
     """Add images (new paths are added, changed files replaced, unchanged ones left alone)."""
-    gallery = GalleryIndex.open(index)
     options = ExtractOptions(
-        device=device, runtime=runtime, strict=strict, progress=not quiet, use_cache=False
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        num_workers=workers,
+        max_pixels=max_pixels,
+        strict=strict,
+        progress=not quiet,
+        use_cache=False,
     )
+    gallery = GalleryIndex.open(index)
     for source in images:
         report = gallery.add_images(ImageSet.from_path(source), options)
         for s in report.skipped:
-            err.print(f"skipped {s.path}: {s.reason}")
+            err.print(f"skipped {_shown(s.path)}: {_shown(s.reason)}")
         err.print(
             f"{source}: {len(report.added)} added, {len(report.replaced)} replaced, "
             f"{len(report.unchanged)} already present"
@@ -562,12 +657,16 @@ def index_remove(
     paths: Annotated[
         list[str], typer.Argument(help="Paths (relative to the gallery root, or absolute; folders too).")
     ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm removing more than half of the index.")
+    ] = False,
 ) -> None:
-    """Remove images from an index by path."""
+    """Remove images from an index by path (only paths inside the gallery root; the files
+    themselves are never touched)."""
     gallery = GalleryIndex.open(index)
-    removed, unmatched = gallery.remove_paths(paths)
+    removed, unmatched = gallery.remove_paths(paths, confirm=yes)
     for arg in unmatched:
-        err.print(f"not in the index: {arg}")
+        err.print(f"not in the index: {_shown(arg)}")
     err.print(f"removed {len(removed)} image(s); {len(gallery)} left")
 
 
@@ -611,20 +710,20 @@ def train_command(
     val: Annotated[
         Path | None, typer.Option("--val", help="Validation class folders (else a split).")
     ] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified validation share.")] = 0.2,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Stratified validation share.")] = 0.2,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Most epochs (early stopping may end sooner).")
+        int | None, typer.Option("--epochs", min=1, help="Most epochs (early stopping may end sooner).")
     ] = None,
     batch_size: BatchOpt = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
-    patience: Annotated[int, typer.Option("--patience", help="Early-stopping patience (epochs).")] = 5,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = None,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="Early-stopping patience (epochs).")] = 5,
     min_delta: Annotated[
         float, typer.Option("--min-delta", help="Smallest val-loss gain that counts.")
     ] = 1e-4,
     lr_patience: Annotated[
-        int, typer.Option("--lr-patience", help="Epochs on a plateau before LR drops.")
+        int, typer.Option("--lr-patience", min=0, help="Epochs on a plateau before LR drops.")
     ] = 2,
-    lr_factor: Annotated[float, typer.Option("--lr-factor", help="LR multiplier on a plateau.")] = 0.5,
+    lr_factor: Annotated[float, typer.Option("--lr-factor", min=0.0, max=1.0, help="LR multiplier on a plateau.")] = 0.5,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")
     ] = False,
@@ -641,6 +740,10 @@ def train_command(
     """Train a feature model on class folders; RUN_DIR/best.pt then works wherever a model name does."""
     from .training import train
 
+    if lr is not None and lr <= 0:
+        raise InputError(f"--lr must be positive, got {lr}")
+    if not 0 < lr_factor < 1:
+        raise InputError(f"--lr-factor must be between 0 and 1 (exclusive), got {lr_factor}")
     method_options = {k: v for k, v in _model_options(None, None, option).items() if v is not None}
     if loss is not None:
         method_options["loss"] = loss
@@ -665,7 +768,7 @@ def train_command(
         **method_options,
     )
     for s in result.skipped:
-        err.print(f"skipped {s.path}: {s.reason}")
+        err.print(f"skipped {_shown(s.path)}: {_shown(s.reason)}")
     ending = "stopped early" if result.stopped_early else "ran all epochs"
     err.print(
         f"{method}: {result.epochs_run} epochs ({ending}), best val loss {result.best_val_loss:.4f} at epoch "
@@ -684,9 +787,9 @@ def report_command(
     gallery: Annotated[Path, typer.Option("--gallery", help="The gallery source (folder, list or index).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
     failures_first: Annotated[bool, typer.Option("--failures-first", help="Failed queries on top.")] = False,
-    k: Annotated[int | None, typer.Option("-k", help="Show at most this many results per query.")] = None,
-    thumb_size: Annotated[int, typer.Option("--thumb-size", help="Thumbnail size in pixels.")] = 96,
-    page_size: Annotated[int, typer.Option("--page-size", help="Queries per page.")] = 25,
+    k: Annotated[int | None, typer.Option("-k", min=1, help="Show at most this many results per query.")] = None,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", min=16, max=1024, help="Thumbnail size in pixels.")] = 96,
+    page_size: Annotated[int, typer.Option("--page-size", min=1, help="Queries per page.")] = 25,
     no_labels: Annotated[
         bool, typer.Option("--no-labels", help="Do not mark results right or wrong.")
     ] = False,
@@ -741,6 +844,9 @@ def compare_command(
     """Evaluate several methods on the same labelled split: Markdown and CSV table, bar chart."""
     from .compare import compare
 
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output}: is a file; compare writes a folder (table and chart)")
+
     options = ExtractOptions(
         device=device,
         runtime=runtime,
@@ -771,20 +877,37 @@ def compare_command(
 def serve_command(
     index: Annotated[Path, typer.Argument(help="Index folder to serve.")],
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    k: Annotated[int, typer.Option("-k", help="Default results per search.")] = 10,
-    max_k: Annotated[int, typer.Option("--max-k", help="Most results a request may ask for.")] = 100,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    k: Annotated[int, typer.Option("-k", min=1, help="Default results per search.")] = 10,
+    max_k: Annotated[int, typer.Option("--max-k", min=1, help="Most results a request may ask for.")] = 100,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", help="Upload size cap (413 past it).")
+        float, typer.Option("--max-upload-mb", min=0.001, help="Upload size cap (413 past it).")
     ] = 20.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted.")] = 50_000_000,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image accepted.")] = 50_000_000,
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "auto",
     title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    max_decodes: Annotated[
+        int | None,
+        typer.Option("--max-decodes", min=1, help="Uploads decoded at once (default: the cores, at most 4)."),
+    ] = None,
+    max_waiting: Annotated[
+        int | None,
+        typer.Option("--max-waiting", min=0, help="Searches that may wait for a slot (default 4 x max-decodes)."),
+    ] = None,
+    queue_timeout: Annotated[
+        float,
+        typer.Option("--queue-timeout", min=0.001, help="Seconds a search waits for a slot before 503."),
+    ] = 30.0,
 ) -> None:
     """Serve an index over HTTP: POST /search, a search page at /, /health and /docs."""
     import uvicorn
+
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if log_level.lower() not in levels:
+        raise InputError(f"--log-level: unknown level {log_level!r}; choose one of {', '.join(levels)}")
+    log_level = log_level.lower()
 
     from .server import create_app
 
@@ -797,6 +920,9 @@ def serve_command(
         device=device,
         runtime=runtime,
         title=title,
+        max_decodes=max_decodes,
+        max_waiting=max_waiting,
+        queue_timeout=queue_timeout,
     )
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app_, host=host, port=port, log_level=log_level)

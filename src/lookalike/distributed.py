@@ -88,7 +88,7 @@ def ray_embed(
     """Like :func:`lookalike.extract.embed`, with the extraction spread over a Ray cluster."""
     opts = options or ExtractOptions()
     ray = _connect(address)
-    vectors, done, keys = start_from_cache(extractor, images, cache)
+    vectors, done, keys = start_from_cache(extractor, images, cache, max_pixels=opts.max_pixels)
     n_cached = int(done.sum())
     todo = np.flatnonzero(~done)
     skipped: list[Skipped] = []

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Exit codes of the ``lookalike`` command, the same in every subcommand.
+EXIT_OK = 0
+EXIT_NO_INPUT = 1  # nothing readable to work on, or --strict met an unreadable image
+EXIT_USAGE = 2  # a bad option, path or label file, or a request refused to protect files
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 
 class LookalikeError(Exception):
     """Base class: the CLI prints these as one line instead of a traceback."""

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cache import FeatureCache, atomic_write, file_key
 from .errors import ImageError, InputError
 from .features.base import Extractor
-from .images import DEFAULT_MAX_PIXELS, ImageSet, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageSet, image_pixels, load_image
 
 log = logging.getLogger("lookalike")
 
@@ -264,8 +264,25 @@ class ExtractOptions:
     decode: str = "auto"
 
     def __post_init__(self) -> None:
+        """Check every setting up front, so a bad one fails before any image is read."""
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
+        for option, value, allowed in (
+            ("--device", self.device, DEVICES),
+            ("--runtime", self.runtime, RUNTIMES),
+            ("decode", self.decode, DECODES),
+        ):
+            if value not in allowed:
+                raise InputError(f"{option}: unknown value {value!r}; choose one of {', '.join(allowed)}")
+        for option, value, least in (
+            ("--batch-size (batch_size)", self.batch_size, 1),
+            ("--workers (num_workers)", self.num_workers, 0),
+            ("--max-pixels (max_pixels)", self.max_pixels, 1),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise InputError(f"{option} must be a whole number of at least {least}, got {value!r}")
+        if self.cache_dir is not None and self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise InputError(f"--cache-dir {self.cache_dir}: is a file, not a folder")
 
 
 def embed(
@@ -285,7 +302,7 @@ def embed(
     opts = options or ExtractOptions()
     if cache is None and opts.use_cache and opts.cache_dir is not None:
         cache = FeatureCache(opts.cache_dir, extractor.key, extractor.describe())
-    vectors, done, keys = start_from_cache(extractor, images, cache)
+    vectors, done, keys = start_from_cache(extractor, images, cache, max_pixels=opts.max_pixels)
     n_cached = int(done.sum())
     todo = np.flatnonzero(~done).tolist()
     skipped: list[Skipped] = []
@@ -297,17 +314,31 @@ def embed(
 
 
 def start_from_cache(
-    extractor: Extractor, images: ImageSet, cache: FeatureCache | None
+    extractor: Extractor,
+    images: ImageSet,
+    cache: FeatureCache | None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """(vectors, done mask, file keys) for ``images``, with the cached rows already filled in."""
+    """(vectors, done mask, file keys) for ``images``, with the cached rows already filled in.
+
+    A cached row is taken only when the image's header (read, not decoded) is within ``max_pixels``
+    (None: no check), so a vector cached under a higher limit is not used silently: such an image stays
+    to do, and the decoder skips it with its usual "over the limit" reason (or raises under strict).
+    """
     vectors = np.zeros((len(images), extractor.dim), dtype=np.float32)
     done = np.zeros(len(images), dtype=bool)
     keys = [file_key(p) for p in images.paths]
     if cache is not None:
         for i, key in enumerate(keys):
             row = cache.get(key) if key else None
-            if row is not None and row.shape == (extractor.dim,):
-                vectors[i], done[i] = row, True
+            if row is None or row.shape != (extractor.dim,):
+                continue
+            if max_pixels is not None:
+                pixels = image_pixels(images.paths[i])
+                if pixels is None or pixels > max_pixels:
+                    continue
+            vectors[i], done[i] = row, True
     return vectors, done, keys
 
 

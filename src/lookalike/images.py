@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import functools
+import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
+log = logging.getLogger("lookalike")
+
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"})
 IMAGE_EXTENSIONS = frozenset(
     {
         ".jpg",
@@ -30,11 +38,19 @@ IMAGE_EXTENSIONS = frozenset(
         ".ppm",
         ".pbm",
         ".pnm",
+        ".avif",
+        *HEIF_EXTENSIONS,
+        *RAW_EXTENSIONS,
     }
 )
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 DEFAULT_MAX_PIXELS = 100_000_000
+FORMATS_EXTRA = 'pip install "lookalike[formats]"'
 _BACKGROUND = (255, 255, 255)
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -47,25 +63,20 @@ def load_image(
 ) -> Image.Image:
     """Decode one file to an upright 8-bit RGB image, or raise ImageError naming the problem.
 
-    ``draft_size`` lets the JPEG decoder downscale by 1/2..1/8 while keeping at least that many
-    pixels on each side, which makes big photos several times cheaper to decode.
+    ``draft_size`` lets the JPEG decoder downscale by 1/2..1/8 (and the RAW developer by 1/2) while
+    keeping at least that many pixels on each side, which makes big photos several times cheaper to decode.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror})") from None
-    if size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
+    _check_file(path)
+    if path.suffix.lower() in RAW_EXTENSIONS:
+        return _load_raw(path, max_pixels, draft_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = _open(path)
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(path, f"{width}x{height} image is over the limit of {max_pixels:,} pixels")
+                raise ImageError(path, _over_limit(width, height, max_pixels))
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if draft_size and img.format == "JPEG":
@@ -77,11 +88,179 @@ def load_image(
         raise ImageError(path, "image is over Pillow's decompression-bomb pixel limit") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(path, f"truncated or corrupt image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
+        raise ImageError(path, f"truncated or corrupt image ({_one_line(exc)})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture itself
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+def image_pixels(path: str | Path) -> int | None:
+    """Width times height read from the file's header only (nothing is decoded), or None when the
+    header cannot be read; cheap enough to apply ``max_pixels`` to images whose features are cached."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in RAW_EXTENSIONS:
+            rawpy = _import_rawpy(path)
+            with rawpy.imread(str(path)) as raw:
+                width, height = _raw_dims(raw)
+            return width * height
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open(path) as img:
+                return img.width * img.height
+    except Exception:  # any reason at all: the decoder will give the precise one
+        return None
+
+
+def _over_limit(width: int, height: int, max_pixels: int) -> str:
+    return f"{width}x{height} image is over the limit of {max_pixels:,} pixels"
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (LibRaw's come as bytes)."""
+    args = exc.args
+    text = args[0].decode(errors="replace") if len(args) == 1 and isinstance(args[0], bytes) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
+    """Raise ImageError for a missing, dangling, unreadable or empty file before any decoder runs."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if not path.is_symlink():
+            raise ImageError(path, "file not found") from None
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise ImageError(path, f"dangling symbolic link (to {target}, which does not exist)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(path, "symbolic link loop (the link leads back to itself)") from None
+        raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` (header only) after registering the optional opener the file's name or, when
+    Pillow does not know the file, its ``ftyp`` header asks for (a HEIC saved as ``.jpg``)."""
+    suffix = path.suffix.lower()
+    kind = "AVIF" if suffix == ".avif" else suffix[1:].upper() if suffix in HEIF_EXTENSIONS else None
+    if kind is not None:
+        _enable(kind, path)
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        sniffed = _sniff_isobmff(path)
+        if sniffed is None or sniffed == kind or not _enable(sniffed, path):
+            raise
+        return Image.open(path)
+
+
+def _sniff_isobmff(path: Path) -> str | None:
+    """``HEIC`` or ``AVIF`` when the file starts with an ISO-BMFF ``ftyp`` box naming such a brand."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return None
+    if head[4:8] != b"ftyp":
+        return None
+    box = head[8 : min(len(head), int.from_bytes(head[:4], "big"))]
+    brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    return "HEIC" if brands & _HEIF_BRANDS else None
+
+
+def _enable(kind: str, path: Path) -> bool:
+    """Make Pillow able to open ``kind`` (HEIC/HEIF/HIF or AVIF); True when that took a new opener.
+    Raises ImageError naming the missing package, so batch runs skip the file and say why."""
+    if kind == "AVIF":
+        if _pillow_has_avif():
+            return False
+        heif = _heif_module()
+        register = getattr(heif, "register_avif_opener", None) if heif is not None else None
+        if register is None:
+            raise ImageError(
+                path,
+                "AVIF needs a Pillow built with AVIF (pip install -U pillow) or a pillow-heif with AVIF support",
+            )
+        return _register_once("avif", register)
+    heif = _heif_module()
+    if heif is None:
+        raise ImageError(path, f"{kind} needs pillow-heif: {FORMATS_EXTRA}")
+    return _register_once("heif", heif.register_heif_opener)
+
+
+_REGISTERED: set[str] = set()
+
+
+def _register_once(name: str, register: Callable[[], object]) -> bool:
+    if name in _REGISTERED:
+        return False
+    register()
+    _REGISTERED.add(name)
+    return True
+
+
+def _heif_module() -> Any:
+    """pillow_heif, or None without it (imported on first use, never at import of lookalike)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return None
+    return pillow_heif
+
+
+@functools.cache
+def _pillow_has_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
+def _import_rawpy(path: Path) -> Any:
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageError(path, f"{path.suffix[1:].upper()} RAW needs rawpy: {FORMATS_EXTRA}") from None
+    return rawpy
+
+
+def _raw_dims(raw: Any) -> tuple[int, int]:
+    """(width, height) of the developed picture, as displayed (LibRaw applies the camera's rotation)."""
+    sizes = raw.sizes
+    width, height = sizes.width or sizes.raw_width, sizes.height or sizes.raw_height
+    return (height, width) if sizes.flip in (5, 6) else (width, height)
+
+
+def _load_raw(path: Path, max_pixels: int, draft_size: int | None) -> Image.Image:
+    """Develop a camera RAW with LibRaw (camera white balance, 8-bit sRGB), checking the pixel count
+    from the header before demosaicing; half-size demosaicing when ``draft_size`` allows it."""
+    rawpy = _import_rawpy(path)
+    try:
+        with rawpy.imread(str(path)) as raw:
+            width, height = _raw_dims(raw)
+            if width * height > max_pixels:
+                raise ImageError(path, _over_limit(width, height, max_pixels))
+            half = bool(draft_size) and min(width, height) >= 2 * draft_size
+            rgb = raw.postprocess(use_camera_wb=True, half_size=half, output_bps=8)
+    except ImageError:
+        raise
+    except rawpy.LibRawFileUnsupportedError:
+        raise ImageError(
+            path, "not a RAW file LibRaw can read (unsupported camera or corrupt file)"
+        ) from None
+    except (rawpy.LibRawError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise ImageError(path, f"truncated or corrupt RAW file ({_one_line(exc)})") from None
+    arr = np.ascontiguousarray(rgb)
+    if arr.ndim == 2:
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    return Image.fromarray(arr[..., :3].astype(np.uint8), "RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -121,6 +300,8 @@ class ImageSet:
     labels: list[str] | None = None
     source: str = ""
     _names: list[str] = field(default_factory=list, repr=False)
+    #: symbolic links to folders a folder walk did not follow, as (name under root, reason)
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]
@@ -144,7 +325,9 @@ class ImageSet:
     def subset(self, indices: Sequence[int]) -> ImageSet:
         """The images at ``indices``, same root and labels."""
         labels = None if self.labels is None else [self.labels[i] for i in indices]
-        return ImageSet([self.paths[i] for i in indices], self.root, labels, self.source)
+        return ImageSet(
+            [self.paths[i] for i in indices], self.root, labels, self.source, skipped_links=self.skipped_links
+        )
 
     @classmethod
     def from_path(cls, source: str | Path, labels_csv: str | Path | None = None) -> ImageSet:
@@ -182,16 +365,99 @@ def _relative_name(path: Path, root: Path) -> str:
 
 
 def _from_folder(folder: Path) -> ImageSet:
-    paths: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        base = Path(dirpath)
-        paths.extend(base / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(f))
+    paths, skipped_links = _walk_images(folder)
     if not paths:
         raise InputError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     rel = [p.relative_to(folder) for p in paths]
     labels = [r.parts[0] for r in rel] if all(len(r.parts) > 1 for r in rel) else None
-    return ImageSet(paths, folder, labels, str(folder))
+    return ImageSet(paths, folder, labels, str(folder), skipped_links=skipped_links)
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files under ``folder`` in sorted top-down order, entering every real folder at most once.
+
+    Real sub-folders are walked first, then symbolic links to folders (in name order), each only when
+    its target (st_dev, st_ino) has not been walked yet, so loops and duplicate links cannot multiply
+    the set. Returns the paths and the links left out as (name under ``folder``, reason), each logged.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    root_id = _dir_id(folder)
+    if root_id is not None:
+        seen[root_id] = "."
+    files: list[Path] = []
+    links: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+
+    def name(p: Path) -> str:
+        return p.relative_to(folder).as_posix()
+
+    def walk(top: Path) -> None:
+        for dirpath, dirnames, filenames in os.walk(top):
+            base = Path(dirpath)
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                sub = base / d
+                if sub.is_symlink():
+                    links.append(sub)
+                    continue
+                ident = _dir_id(sub)
+                if ident in seen:  # the same folder mounted twice (bind mount): walk it once
+                    skipped.append((name(sub), f"already included via {seen[ident]}"))
+                    continue
+                if ident is not None:
+                    seen[ident] = name(sub)
+                keep.append(d)
+            dirnames[:] = keep
+            files.extend(base / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(f))
+
+    walk(folder)
+    while links:  # the first link in walk order next, whatever the walks before it added
+        link = min(links, key=lambda p: _walk_order(p.relative_to(folder).parts, is_file=False))
+        links.remove(link)
+        reason = _link_problem(link, seen)
+        if reason is not None:
+            skipped.append((name(link), reason))
+            continue
+        ident = _dir_id(link)
+        if ident is not None:
+            seen[ident] = name(link)
+        walk(link)
+    for link_name, reason in skipped:
+        log.warning("not following %s: %s", folder / link_name, reason)
+    files.sort(key=lambda p: _walk_order(p.relative_to(folder).parts, is_file=True))
+    return files, skipped
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the folder ``path`` leads to, following links; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _link_problem(link: Path, seen: dict[tuple[int, int], str]) -> str | None:
+    """Why the folder link ``link`` must not be walked, or None when its target is new."""
+    ident = _dir_id(link)
+    if ident is None:
+        return "cannot read the folder it points to"
+    target = os.path.realpath(link)
+    here = os.path.realpath(link.parent)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        return f"symlink loop (points to {target}, a folder that contains it)"
+    if ident in seen:
+        return f"already included via {seen[ident]}"
+    return None
+
+
+def _walk_order(parts: tuple[str, ...], *, is_file: bool) -> tuple[tuple[int, str], ...]:
+    """Sort key that reproduces os.walk's top-down order: a folder's files, then its sub-folders by name."""
+    if not is_file:
+        return tuple((1, part) for part in parts)
+    return (*((1, part) for part in parts[:-1]), (0, parts[-1]))
 
 
 def _read_rows(path: Path) -> list[list[str]]:
@@ -235,10 +501,34 @@ def _from_list(path: Path) -> ImageSet:
 
 
 def _labels_from_csv(image_set: ImageSet, csv_path: Path) -> list[str]:
-    table = dict(_csv_pairs(csv_path))
+    """Label every image of ``image_set`` from a ``path,label`` CSV whose paths may be relative to the
+    CSV's own folder (one file for ``query/`` and ``gallery/``), to the set's root, or bare file names.
+
+    Tried in that order; a bare name only counts when it is unique in the CSV. Rows that name no image
+    of this set (the other side's) are ignored; an image with no row is an error.
+    """
+    pairs = _csv_pairs(csv_path)
+    base = os.path.abspath(csv_path.parent)
+    by_path: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    by_file: dict[str, str | None] = {}
+    for entry, label in pairs:
+        by_path[os.path.normpath(os.path.join(base, entry))] = label
+        by_name[PurePosixPath(entry).as_posix()] = label
+        file_name = PurePosixPath(entry).name
+        by_file[file_name] = None if file_name in by_file else label
+    by_resolved: dict[str, str] | None = None
     labels, missing = [], []
     for name, p in zip(image_set.names, image_set.paths, strict=True):
-        label = table.get(name, table.get(p.name))
+        label = by_path.get(os.path.normpath(os.path.abspath(p)))
+        if label is None:
+            if by_resolved is None:  # symbolic links on either side: compare real paths, built once
+                by_resolved = {os.path.realpath(k): v for k, v in by_path.items()}
+            label = by_resolved.get(os.path.realpath(p))
+        if label is None:
+            label = by_name.get(name)
+        if label is None:
+            label = by_file.get(p.name)
         if label is None:
             missing.append(name)
         labels.append(label or "")

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write, default_cache_dir
+from .cache import default_cache_dir
 from .errors import InputError, NothingToProcessError
 from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
 from .features import Extractor, create_extractor
+from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
-from .metrics import RetrievalMetrics, evaluate_rankings
-from .postprocess import PCAWhitening
+from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings
+from .postprocess import PCAWhitening, check_whiten_dim
 from .rerank import KReciprocal, alpha_query_expansion, database_augmentation
-from .search import full_rankings, topk
+from .search import full_rankings, rankings_with_head, topk
 
 DEFAULT_MODEL = "efficientnet-lite0"
 LOCAL_METHODS = ("surf", "sift", "orb")  # lookalike.local.LOCAL_METHODS, without importing OpenCV
@@ -55,11 +54,8 @@ class SearchRun:
     def to_json(self, *, scores: bool = False, fmt: str = "default", group: str | None = None) -> dict:
         """The results document: ``default`` (optionally with scores) or the challenge format
         ``{"groupname": NAME, "images": {query file name: [gallery file names]}}``."""
-        if fmt not in FORMATS:
-            raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        check_format(fmt, group=group, scores=scores)
         if fmt == "challenge":
-            if not group:
-                raise InputError("the challenge format needs a group name (--group NAME)")
             return {"groupname": group, "images": self._by_file_name()}
         if not scores:
             return self.ranking()
@@ -72,18 +68,28 @@ class SearchRun:
         }
 
     def _by_file_name(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for q, row in zip(self.query_names, self.indices, strict=True):
-            name = Path(q).name
-            if name in out:
-                raise InputError(f"challenge format: two queries share the file name {name!r}")
-            out[name] = [Path(self.gallery_names[j]).name for j in row]
-        return out
+        """Results named by bare file names; two images of one side with the same file name
+        would be indistinguishable there, so that is refused, naming both."""
+        for side, names in (("queries", self.query_names), ("gallery images", self.gallery_names)):
+            seen: dict[str, str] = {}
+            for full in names:
+                base = Path(full).name
+                if base in seen:
+                    raise InputError(
+                        f"challenge format: {side} {printable(seen[base])} and {printable(full)} share the "
+                        f"file name {printable(base)!r}, which is all that format names; rename one, or "
+                        "use --format default (paths relative to the root)"
+                    )
+                seen[base] = full
+        return {
+            Path(q).name: [Path(self.gallery_names[j]).name for j in row if j >= 0]
+            for q, row in zip(self.query_names, self.indices, strict=True)
+        }
 
     def write_json(self, path: str | Path, **kwargs: Any) -> None:
-        """Write :meth:`to_json` to ``path`` atomically (UTF-8, names kept as they are)."""
-        text = json.dumps(self.to_json(**kwargs), indent=2, ensure_ascii=False).encode("utf-8")
-        atomic_write(Path(path), lambda h: h.write(text))
+        """Write :meth:`to_json` to ``path`` atomically (UTF-8; see :func:`lookalike.fileio.json_text`
+        for names that are not valid UTF-8)."""
+        write_json(path, self.to_json(**kwargs))
 
     def summary(self) -> dict[str, Any]:
         """Counts, cache use, timings, skipped files and metrics: the run summary."""
@@ -103,6 +109,21 @@ class SearchRun:
         if self.metrics is not None:
             out["metrics"] = self.metrics.as_dict()
         return out
+
+
+def check_format(fmt: str, *, group: str | None = None, scores: bool = False) -> None:
+    """Refuse a results format, group and scores combination that cannot be written."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "challenge" and not group:
+        raise InputError("--format challenge needs a group name: --group NAME")
+    if fmt == "challenge" and scores:
+        raise InputError("--scores cannot be used with --format challenge, which lists file names only")
+
+
+def _link_skips(images: ImageSet | None) -> list[Skipped]:
+    """The symbolic links a folder walk did not follow (loops, folders already included)."""
+    return [Skipped(path, reason) for path, reason in (images.skipped_links if images is not None else [])]
 
 
 def _as_image_set(source: str | Path | ImageSet, labels_csv: str | Path | None) -> ImageSet:
@@ -165,22 +186,25 @@ def search(
     gallery_labelled = side.images.labelled if side.images is not None else side.index.labels is not None
     if evaluate and not (q_set.labelled and gallery_labelled):
         raise InputError(_NEEDS_LABELS)
+    refine = refinement or Refinement()
+    refine.check(side.extractor.dim)
     t0 = time.perf_counter()
     q_emb = _embed_set(side.extractor, q_set, opts, "queries")
     side.embed(opts)
     t1 = time.perf_counter()
-    refine = refinement or Refinement()
     q_features = side.index_queries(q_emb.features, refine)
     queries, gallery_vectors, exact_only = refine.apply(q_features, side.vectors)
     reranker = refine.reranker(queries, gallery_vectors, q_set.subset(q_emb.indices), side.readable(), opts)
-    shortlist = max(k, refine.rerank_top) if reranker is not None else k
+    # one short list serves the written results and the head of the evaluated rankings, so the
+    # metrics describe exactly the lists that are written (ties and re-ranking included)
+    shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
     if exact_only or side.index is None:
-        indices, scores = topk(queries, gallery_vectors, shortlist, side.metric)
+        head, head_scores = topk(queries, gallery_vectors, shortlist, side.metric)
     else:
-        indices, scores = side.index.search(queries, shortlist)
+        head, head_scores = side.index.search(queries, shortlist)
     if reranker is not None:
-        indices, scores = reranker.rerank(np.arange(len(queries)), indices)
-        indices, scores = indices[:, :k], scores[:, :k]
+        head, head_scores = reranker.rerank(np.arange(len(queries)), head)
+    indices, scores = head[:, :k], head_scores[:, :k]
     t2 = time.perf_counter()
     run = SearchRun(
         query_names=[q_set.names[i] for i in q_emb.indices],
@@ -189,7 +213,10 @@ def search(
         scores=scores,
         metric=side.metric if reranker is None else reranker.score_name,
         model=side.extractor.describe(),
-        skipped={"query": q_emb.skipped, "gallery": side.skipped},
+        skipped={
+            "query": _link_skips(q_set) + q_emb.skipped,
+            "gallery": _link_skips(side.images) + side.skipped,
+        },
         stats={
             "extracted": {"query": q_emb.n_extracted, "gallery": side.n_extracted},
             "from_cache": {"query": q_emb.n_cached, "gallery": side.n_cached},
@@ -199,9 +226,7 @@ def search(
         refinement=side.describe_refinement(refine),
     )
     if evaluate:
-        rankings = full_rankings(queries, gallery_vectors, side.metric)
-        if reranker is not None:
-            rankings = _reranked(rankings, reranker, refine.rerank_top)
+        rankings = rankings_with_head(full_rankings(queries, gallery_vectors, side.metric), head)
         run.metrics = evaluate_rankings(
             rankings, [q_set.labels[i] for i in q_emb.indices], side.labels, run.query_names
         )
@@ -229,9 +254,20 @@ class Refinement:
 
     def __post_init__(self) -> None:
         if self.rerank not in (None, *RERANKINGS):
-            raise InputError(f"unknown re-ranking {self.rerank!r}; available: {', '.join(RERANKINGS)}")
-        if self.rerank_top < 1 or self.dba < 0 or self.qe < 0:
-            raise InputError("rerank_top must be positive and qe/dba non-negative")
+            raise InputError(f"--rerank: unknown re-ranking {self.rerank!r}; available: {', '.join(RERANKINGS)}")
+        if self.rerank_top < 1:
+            raise InputError(f"--rerank-top must be at least 1, got {self.rerank_top}")
+        if self.dba < 0 or self.qe < 0:
+            raise InputError(f"--qe and --dba must be 0 (off) or positive, got {self.qe} and {self.dba}")
+        if self.whiten_dim is not None and not self.whiten:
+            raise InputError("--whiten-dim needs --whiten")
+        if self.whiten_dim is not None and self.whiten_dim < 1:
+            raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
+
+    def check(self, feature_dim: int) -> None:
+        """Refuse options the model's features cannot satisfy, before anything is extracted."""
+        if self.whiten:
+            check_whiten_dim(self.whiten_dim, feature_dim)
 
     def describe(self) -> dict[str, Any]:
         """The active steps and their parameters (empty when none is on)."""
@@ -305,15 +341,6 @@ class SpatialVerification:
         return rerank(queries, self.gallery_set, candidates, zeros, self.method, self.top, self.options)
 
 
-def _reranked(
-    rankings: Iterator[tuple[int, np.ndarray]], reranker: KReciprocal | SpatialVerification, top: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Full rankings whose first ``top`` entries are re-ordered as the search re-orders them."""
-    for q0, order in rankings:
-        head, _ = reranker.rerank(np.arange(q0, q0 + len(order)), order[:, :top])
-        yield q0, np.hstack([head, order[:, top:]])
-
-
 def _local_search(
     q_set: ImageSet,
     gallery: str | Path | ImageSet,
@@ -341,7 +368,10 @@ def _local_search(
         scores=res.scores,
         metric="inliers",
         model=res.method,
-        skipped={"query": res.query_skipped, "gallery": res.gallery_skipped},
+        skipped={
+            "query": _link_skips(q_set) + res.query_skipped,
+            "gallery": _link_skips(g_set) + res.gallery_skipped,
+        },
         stats={**res.stats, "search_seconds": res.stats["match_seconds"]},
     )
     if evaluate:

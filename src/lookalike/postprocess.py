@@ -27,6 +27,16 @@ def _blocks(x: np.ndarray):
         yield np.asarray(x[start : start + BLOCK], dtype=np.float64)
 
 
+def check_whiten_dim(whiten_dim: int | None, feature_dim: int) -> None:
+    """Refuse a whitening dimension the features cannot give (one check, one message, for the
+    search-time and the index-time whitening)."""
+    if whiten_dim is not None and whiten_dim > feature_dim:
+        raise InputError(
+            f"--whiten-dim {whiten_dim} is larger than the feature dimension ({feature_dim}); "
+            f"choose at most {feature_dim}"
+        )
+
+
 class PCAWhitening:
     """PCA whitening with optional dimension reduction, fitted on (gallery) features.
 
@@ -49,6 +59,7 @@ class PCAWhitening:
         x = np.asarray(x)
         if len(x) < 2:
             raise InputError(f"whitening needs at least 2 vectors to fit, got {len(x)}")
+        check_whiten_dim(self.dim, x.shape[1])
         # float64 sums over blocks: a million 512-d vectors never get a float64 copy of their own
         self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
         cov = np.zeros((x.shape[1], x.shape[1]))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .cache import atomic_write
 from .errors import ImageError, InputError
+from .fileio import printable
 from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics
@@ -311,7 +312,7 @@ def write_report(
         "thumbs": thumbs.encode(progress),
         "queries": queries,
     }
-    page = _PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__DATA__", _script_json(data))
+    page = _PAGE.replace("__TITLE__", html.escape(printable(data["title"]))).replace("__DATA__", _script_json(data))
     out = Path(out_html)
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give the report's file name (e.g. report.html)")
@@ -396,6 +397,10 @@ def _subtitle(n: int, model: str | None, metric: str | None) -> str:
 def _script_json(data: dict[str, Any]) -> str:
     """JSON safe inside a <script> element: no '</' or '<!--' can end or confuse it."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: \udcXX escapes, as in results JSON
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 

@@ -125,3 +125,21 @@ def full_rankings(
     for q0 in range(0, len(queries), rows):
         good = _goodness(queries[q0 : q0 + rows], gallery, g_sq, metric)
         yield q0, np.argsort(-good, axis=1, kind="stable")
+
+
+def rankings_with_head(
+    rankings: Iterator[tuple[int, np.ndarray]], head: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Full rankings whose first entries are each query's ``head`` row (the short list a search
+    wrote, re-ranked or not; -1 padding ignored), followed by the rest of the gallery in its
+    ranked order. Evaluating these scores exactly the written lists, ties included."""
+    head = np.asarray(head, dtype=np.int64)
+    for q0, orders in rankings:
+        out = np.empty_like(orders)
+        for row, order in enumerate(orders):
+            first = head[q0 + row]
+            first = first[first >= 0]
+            rest = order[~np.isin(order, first, assume_unique=True)]
+            out[row, : len(first)] = first
+            out[row, len(first) :] = rest
+        yield q0, out

@@ -5,32 +5,43 @@ page where a person drops or picks an image and sees the ranked gallery; ``GET /
 and ``GET /thumbnail/{path}`` serve the indexed files, and nothing else, from the index's root.
 The extractor is built once at startup; uploads are decoded and resized exactly as the pipeline
 decodes gallery images, and the model runs under a lock, so concurrent requests are safe.
+At most ``max_decodes`` images are decoded at once (memory stays bounded); a few more requests wait
+their turn, and the rest get 503 with Retry-After. Gallery names may hold any bytes the file system
+allows (not UTF-8, newlines): JSON escapes them, URLs percent-encode the original bytes.
 """
 
+import asyncio
 import contextlib
 import json
 import logging
+import math
 import mimetypes
+import os
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from functools import lru_cache
+import warnings
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import numpy as np
+import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from PIL import ExifTags, Image, ImageOps
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import default_cache_dir
 from .errors import ImageError, InputError
 from .extract import DecodedImages, make_runner, resolve_device
+from .images import to_rgb
 from .index import GalleryIndex
 from .report import thumbnail_jpeg
 
@@ -38,7 +49,19 @@ log = logging.getLogger("lookalike")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_THUMB_SIZE = 192
+DEFAULT_QUEUE_TIMEOUT = 30.0
 _CHUNK = 1 << 16
+_THUMB_CACHE = 4096
+_THUMB_WAITING = 256  # thumbnails of a result page arrive together: they queue apart from searches
+
+
+def default_max_decodes() -> int:
+    """Concurrent decodes by default: the CPU cores this process may use, between 1 and 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def sniff_image_type(head: bytes) -> str | None:
@@ -69,10 +92,13 @@ class SearchResult(BaseModel):
     """One gallery image of a ranking."""
 
     rank: int = Field(description="1 for the best match")
-    path: str = Field(description="Path relative to the gallery root, forward slashes")
+    path: str = Field(
+        description="Path relative to the gallery root, forward slashes; a byte of the file name that is "
+        "not UTF-8 is a lone surrogate \\udcXX (Python's os.fsdecode), so json.loads gives the exact name"
+    )
     score: float = Field(description="Cosine similarity (higher is better) or euclidean distance (lower)")
     label: str | None = Field(None, description="The image's label when the index is labelled")
-    url: str = Field(description="The gallery file itself")
+    url: str = Field(description="The gallery file itself (the name's bytes, percent-encoded)")
     thumbnail_url: str = Field(description="A small JPEG of the gallery file")
 
 
@@ -116,9 +142,7 @@ class Searcher:
 
     def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
         """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
-        _, pixels, reason = DecodedImages([path], self.extractor.preprocess.size, max_pixels)[0]
-        if pixels is None:
-            raise ImageError(path, reason)
+        pixels = decode_for_model(path, self.extractor.preprocess.size, max_pixels)
         with self._lock:
             return np.asarray(self.runner(pixels[None]), dtype=np.float32)
 
@@ -143,6 +167,249 @@ class Searcher:
         if not path.is_file():
             raise HTTPException(404, "indexed, but the file is no longer there")
         return path
+
+
+def decode_for_model(path: Path, size: tuple[int, int], max_pixels: int) -> torch.Tensor:
+    """The (3, h, w) uint8 pixels ``DecodedImages`` gives for one file, at a lower memory peak: no
+    extra full-size copy, and L/RGB images are reduced before the RGB conversion. ImageError if unreadable."""
+    height, width = size
+    try:
+        img = _open_within(path, max_pixels, max(height, width))
+    except Exception:  # the pipeline's decoder names the problem exactly as `lookalike search` does
+        img = None
+    if img is None:
+        _, pixels, reason = DecodedImages([path], size, max_pixels)[0]
+        if pixels is None:
+            raise ImageError(path, reason)
+        return pixels
+    with contextlib.suppress(Exception):  # as load_image, minus its copy when nothing is to be turned
+        if img.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+            img = ImageOps.exif_transpose(img)
+    img = _resized(img, (width, height)) if img.size != (width, height) else to_rgb(img)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def _open_within(path: Path, max_pixels: int, draft_size: int) -> Image.Image | None:
+    """The decoded first frame (JPEG at a reduced draft size), or None when over ``max_pixels``:
+    then nothing is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+        if img.width * img.height > max_pixels:
+            img.close()
+            return None
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if img.format == "JPEG":
+            img.draft(img.mode, (draft_size, draft_size))
+        img.load()
+    return img
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``to_rgb(img).resize(size, BILINEAR, reducing_gap=2.0)``, the same pixels; an L or RGB image is
+    first reduced by the factor that resize would use, so the full-size RGB copy is never made."""
+    w, h = img.size
+    fx, fy = int(w / size[0] / 2.0) or 1, int(h / size[1] / 2.0) or 1
+    if img.mode in ("L", "RGB") and (fx > 1 or fy > 1):
+        small = to_rgb(img.reduce((fx, fy)))
+        img.close()
+        return small.resize(size, Image.Resampling.BILINEAR, box=(0, 0, w / fx, h / fy))
+    return to_rgb(img).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+class Busy(Exception):
+    """No decode slot now: all are taken and the queue is full, or the wait timed out."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+class _Waiter:
+    __slots__ = ("loop", "future", "kind", "granted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str) -> None:
+        self.loop, self.future, self.kind, self.granted = loop, loop.create_future(), kind, False
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class DecodeSlots:
+    """At most ``slots`` holders at once; more wait, FIFO and async (no thread held), up to a cap per kind
+    for ``timeout`` s, the rest are refused. Not bound to one event loop: TestClient and uvicorn may share it."""
+
+    def __init__(self, slots: int, max_waiting: int, timeout: float) -> None:
+        self.slots, self.max_waiting, self.timeout = slots, max_waiting, timeout
+        self._lock = threading.Lock()
+        self._active = 0
+        self._queue: deque[_Waiter] = deque()
+        self._waiting: dict[str, int] = {}
+        self._mean_hold = 1.0  # seconds, a running estimate for Retry-After
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def waiting(self, kind: str = "search") -> int:
+        return self._waiting.get(kind, 0)
+
+    def full(self, kind: str = "search", max_waiting: int | None = None) -> bool:
+        """True when a new ``kind`` request would be refused now."""
+        cap = self.max_waiting if max_waiting is None else max_waiting
+        with self._lock:
+            return self._active >= self.slots and self._waiting.get(kind, 0) >= cap
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused request may well find a slot (1 to 60)."""
+        ahead = self._active + len(self._queue)
+        return max(1, min(60, math.ceil(self._mean_hold * ahead / self.slots)))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, kind: str = "search", max_waiting: int | None = None) -> AsyncIterator[None]:
+        """Hold a slot for the block; raises Busy when none comes (queue full, or waited ``timeout``)."""
+        await self._acquire(kind, self.max_waiting if max_waiting is None else max_waiting)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._mean_hold = 0.8 * self._mean_hold + 0.2 * (time.monotonic() - started)
+            self._release()
+
+    async def _acquire(self, kind: str, cap: int) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._active < self.slots and not self._queue:
+                self._active += 1
+                return
+            if self._waiting.get(kind, 0) >= cap:
+                raise Busy(
+                    "the server is busy: every decode slot is taken and the queue is full", self.retry_after()
+                )
+            waiter = _Waiter(loop, kind)
+            self._queue.append(waiter)
+            self._waiting[kind] = self._waiting.get(kind, 0) + 1
+        try:
+            await asyncio.wait_for(waiter.future, self.timeout)
+        except BaseException as exc:
+            with self._lock:
+                granted = waiter.granted
+                if not granted:
+                    self._queue.remove(waiter)
+                    self._waiting[kind] -= 1
+            if granted:  # the slot came as the wait ended: pass it on
+                self._release()
+            if isinstance(exc, TimeoutError):
+                raise Busy(
+                    f"the server is busy: no decode slot came within {self.timeout:g} s", self.retry_after()
+                ) from None
+            raise
+
+    def _release(self) -> None:
+        with self._lock:
+            while self._queue:
+                waiter = self._queue.popleft()
+                self._waiting[waiter.kind] -= 1
+                try:
+                    waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+                except RuntimeError:  # its event loop is closed: nobody waits there any more
+                    continue
+                waiter.granted = True  # the slot passes on: _active stays
+                return
+            self._active -= 1
+
+
+def _busy(exc: Busy) -> HTTPException:
+    return HTTPException(503, exc.reason, headers={"Retry-After": str(exc.retry_after)})
+
+
+class _BusyGate:
+    """Answers 503 to an upload at once, before its body is read, while ``slots`` would refuse it."""
+
+    def __init__(self, app: ASGIApp, slots: DecodeSlots) -> None:
+        self.app, self.slots = app, slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path", "").endswith("/search")
+            and self.slots.full()
+        ):
+            detail = "the server is busy: every decode slot is taken and the queue is full"
+            body = json.dumps({"detail": detail}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(self.slots.retry_after()).encode()),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped, so names holding lone surrogates (bytes that are
+    not UTF-8, from os.fsdecode) serialise as \\udcXX instead of failing."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _AnyPath(PathConvertor):
+    """Like ``{name:path}``, but newlines match too (a file name may hold one)."""
+
+    regex = r"(?s:.*)"
+
+
+register_url_convertor("lookalike_path", _AnyPath())
+
+
+def _exact_name(request: Request, prefix: str, decoded: str) -> str:
+    """The path after ``prefix`` exactly as the client sent it, from the raw (percent-encoded) path:
+    Starlette decodes escapes as UTF-8 with replacement characters, which loses bytes that are not UTF-8."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return decoded
+    full = unquote_to_bytes(raw.split(b"?", 1)[0])
+    root = (request.scope.get("root_path") or "").encode("utf-8", "surrogateescape")
+    head = prefix.encode()
+    if root and full.startswith(root) and full[len(root) :].startswith(head):
+        full = full[len(root) :]
+    if full.startswith(head):
+        return os.fsdecode(full[len(head) :])
+    return decoded
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable file-name bytes) as U+FFFD, for HTML and titles."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class _ThumbCache:
+    """A thread-safe LRU of thumbnail bytes by (path, mtime, size)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize, self._data, self._lock = maxsize, OrderedDict(), threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._data.move_to_end(key)
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        with self._lock:
+            self._data[key] = data
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
 
 
 class _BodyLimit:
@@ -251,17 +518,32 @@ def create_app(
     runtime: str = "auto",
     thumb_size: int = DEFAULT_THUMB_SIZE,
     title: str | None = None,
+    max_decodes: int | None = None,
+    max_waiting: int | None = None,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> FastAPI:
     """The FastAPI app over the index at ``index_folder``: ``POST /search``, ``GET /``,
     ``GET /health``, ``GET /gallery/{path}``, ``GET /thumbnail/{path}`` and the OpenAPI docs.
     ``k`` is the default number of results (a request may ask up to ``max_k``); request bodies
-    over ``max_upload_bytes`` get 413; images over ``max_pixels`` pixels get 400."""
+    over ``max_upload_bytes`` get 413; images over ``max_pixels`` pixels get 400. At most
+    ``max_decodes`` images (default: ``default_max_decodes()``) are decoded at once; up to
+    ``max_waiting`` more searches (default 4 x max_decodes) wait up to ``queue_timeout`` seconds;
+    the others get 503 with Retry-After."""
     if not 1 <= k <= max_k:
         raise InputError(f"k must be between 1 and max_k ({max_k}), not {k}")
     if max_upload_bytes < 1024:
         raise InputError(f"max_upload_bytes must be at least 1024, not {max_upload_bytes}")
+    max_decodes = default_max_decodes() if max_decodes is None else max_decodes
+    max_waiting = 4 * max_decodes if max_waiting is None else max_waiting
+    if max_decodes < 1:
+        raise InputError(f"max_decodes must be at least 1, not {max_decodes}")
+    if max_waiting < 0:
+        raise InputError(f"max_waiting must be 0 or more, not {max_waiting}")
+    if not queue_timeout > 0:
+        raise InputError(f"queue_timeout must be over 0 seconds, not {queue_timeout}")
     searcher = Searcher(index_folder, device, runtime)
-    name = title or f"lookalike · {Path(index_folder).name}"
+    slots = DecodeSlots(max_decodes, max_waiting, queue_timeout)
+    name = _printable(title or f"lookalike · {Path(index_folder).name}")
     assets = _swagger_assets()
     app = FastAPI(
         title="lookalike",
@@ -273,31 +555,37 @@ def create_app(
     if assets:
         _self_hosted_docs(app, assets)
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(_BusyGate, slots=slots)
     app.state.searcher = searcher
-
-    @lru_cache(maxsize=4096)
-    def thumbnail(path: Path, stamp: tuple[int, int]) -> bytes:
-        return thumbnail_jpeg(path, thumb_size)
+    app.state.decode_slots = slots
+    thumbnails = _ThumbCache(_THUMB_CACHE)
 
     def urls(request: Request, gallery_name: str) -> tuple[str, str]:
         base = request.scope.get("root_path", "")
-        quoted = quote(gallery_name)
+        quoted = quote(os.fsencode(gallery_name))  # the name's bytes: str quoting fails on surrogates
         return f"{base}/gallery/{quoted}", f"{base}/thumbnail/{quoted}"
+
+    busy = {
+        "description": "Busy: every decode slot is taken and the queue is full, or the wait timed out "
+        "(see Retry-After)"
+    }
 
     @app.post(
         "/search",
         response_model=SearchResponse,
+        response_class=_AsciiJSON,
         responses={
             400: {"description": "An image type, but the file cannot be decoded"},
             413: {"description": f"Request body over {max_upload_bytes:,} bytes"},
             415: {"description": "Not an image (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"},
+            503: busy,
         },
     )
     async def search(
         request: Request,
         file: Annotated[UploadFile, File(description="The query image")],
         k_: Annotated[int, Query(alias="k", ge=1, le=max_k, description="Results to return")] = k,
-    ) -> SearchResponse:
+    ) -> Response:
         """Rank the gallery for one uploaded image: its top-k, best first."""
         declared = (file.content_type or "").split(";")[0].strip().lower()
         if declared and not (declared.startswith("image/") or declared == "application/octet-stream"):
@@ -313,7 +601,10 @@ def create_app(
                     415, "not an image lookalike can read (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"
                 )
             try:
-                hits = await run_in_threadpool(searcher.search_file, path, k_, max_pixels)
+                async with slots.hold():
+                    hits = await run_in_threadpool(searcher.search_file, path, k_, max_pixels)
+            except Busy as exc:
+                raise _busy(exc) from None
             except ImageError as exc:
                 raise HTTPException(400, f"cannot read the image: {exc.reason}") from None
         results = []
@@ -324,7 +615,7 @@ def create_app(
                     rank=rank, path=gallery_name, score=score, label=label, url=url, thumbnail_url=thumb
                 )
             )
-        return SearchResponse(
+        answer = SearchResponse(
             query=file.filename or "upload",
             model=searcher.extractor.name,
             metric=searcher.index.metric,
@@ -332,6 +623,7 @@ def create_app(
             seconds=round(time.perf_counter() - started, 4),
             results=results,
         )
+        return _AsciiJSON(answer.model_dump(mode="json"))
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -347,22 +639,32 @@ def create_app(
             max_upload_bytes=max_upload_bytes,
         )
 
-    @app.get("/gallery/{path:path}", response_class=FileResponse, responses={403: {}, 404: {}})
-    def gallery(path: str) -> FileResponse:
+    @app.get("/gallery/{path:lookalike_path}", response_class=FileResponse, responses={403: {}, 404: {}})
+    def gallery(request: Request, path: str) -> FileResponse:
         """An indexed gallery file as it is on disk."""
-        file = searcher.gallery_file(path)
+        file = searcher.gallery_file(_exact_name(request, "/gallery/", path))
         media = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         return FileResponse(file, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
-    @app.get("/thumbnail/{path:path}", responses={403: {}, 404: {}, 415: {}})
-    def thumb(path: str) -> Response:
+    def _file_and_stat(name: str) -> tuple[Path, os.stat_result]:
+        file = searcher.gallery_file(name)
+        return file, file.stat()
+
+    @app.get("/thumbnail/{path:lookalike_path}", responses={403: {}, 404: {}, 415: {}, 503: busy})
+    async def thumb(request: Request, path: str) -> Response:
         """A small JPEG of an indexed gallery file (made once, then kept in memory)."""
-        file = searcher.gallery_file(path)
-        stat = file.stat()
-        try:
-            data = thumbnail(file, (stat.st_mtime_ns, stat.st_size))
-        except ImageError as exc:
-            raise HTTPException(415, f"cannot make a thumbnail: {exc.reason}") from None
+        file, stat = await run_in_threadpool(_file_and_stat, _exact_name(request, "/thumbnail/", path))
+        key = (file, stat.st_mtime_ns, stat.st_size)
+        data = thumbnails.get(key)
+        if data is None:
+            try:
+                async with slots.hold("thumbnail", max(_THUMB_WAITING, max_waiting)):
+                    data = await run_in_threadpool(thumbnail_jpeg, file, thumb_size)
+            except Busy as exc:
+                raise _busy(exc) from None
+            except ImageError as exc:
+                raise HTTPException(415, f"cannot make a thumbnail: {exc.reason}") from None
+            thumbnails.put(key, data)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     page = _PAGE.replace("__TITLE__", _html(name)).replace(

@@ -53,8 +53,37 @@ def create_extractor(name: str, **options: object) -> Extractor:
         known = ", ".join(sorted(_REGISTRY))
         raise InputError(f"unknown model {name!r}; known models: {known}")
     kwargs = {k: v for k, v in options.items() if v is not None}
+    signature = inspect.signature(info.factory)
     try:
-        inspect.signature(info.factory).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as exc:
         raise InputError(f"model {name!r}: {exc}") from None
-    return info.factory(**kwargs)
+    kwargs = {k: _coerce(name, k, v, signature.parameters[k].default) for k, v in kwargs.items()}
+    try:
+        return info.factory(**kwargs)
+    except (TypeError, ValueError) as exc:  # an option of the right type but an impossible value
+        raise InputError(f"model {name!r}: bad option ({exc})") from None
+
+
+def _coerce(model: str, key: str, value: object, default: object) -> object:
+    """``value`` as the type of the factory's default (options often arrive as text from the
+    command line), or a one-line error naming the option."""
+    if default is inspect.Parameter.empty or default is None or isinstance(value, type(default)):
+        return value
+    kind = type(default)
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text in ("true", "1", "yes")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if kind in (int, float):
+            return kind(value)
+    except (TypeError, ValueError):
+        names = {bool: "true or false", int: "a whole number", float: "a number"}
+        raise InputError(
+            f"model {model!r}: option {key} must be {names[kind]}, got {value!r} (-O {key}=VALUE)"
+        ) from None
+    return value

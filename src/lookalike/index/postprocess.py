@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..postprocess import PCAWhitening
+from ..postprocess import PCAWhitening, check_whiten_dim
 from ..rerank import database_augmentation
 
 log = logging.getLogger("lookalike")
@@ -41,6 +41,10 @@ class IndexPostprocess:
             raise InputError("--whiten-dim needs --whiten")
         if self.whiten_dim is not None and self.whiten_dim < 1:
             raise InputError(f"whitening dimension must be positive, got {self.whiten_dim}")
+
+    def check(self, feature_dim: int) -> None:
+        """Refuse options the model's features cannot satisfy, before anything is extracted."""
+        check_whiten_dim(self.whiten_dim, feature_dim)
 
     @property
     def active(self) -> bool:

@@ -10,6 +10,12 @@ moment leaves the previous complete generation in force)::
     my.index/searchable-<g>.npy     with --whiten/--dba: the processed vectors the backend searches
     my.index/whitening-<g>.npz      with --whiten: the PCA whitening fitted on the gallery
     my.index/partial/               vectors of a build in progress (resumable), removed when done
+    my.index/partial/build.json     what that build is: a new index, or the rebuild of generation g
+
+An index is only ever written into a new (or empty) folder or into a folder that is already a
+lookalike index; never into the gallery. ``--force`` rebuilds in place as the next generation, so
+the old index keeps working until the new one is complete, and only lookalike's own files are
+ever removed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import posixpath
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import FeatureCache, atomic_write, file_key
-from ..errors import InputError
+from ..cache import FeatureCache, file_key
+from ..errors import InputError, NothingToProcessError
 from ..extract import Embeddings, ExtractOptions, Skipped, embed
 from ..features import Extractor, create_extractor
+from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text
 from ..images import ImageSet
 from ..search import topk
 from .backends import ExactIndex, VectorIndex, create_backend, load_backend
@@ -37,6 +47,11 @@ from .postprocess import IndexPostprocess
 MANIFEST = "lookalike-index.json"
 FORMAT = "lookalike-index"
 FORMAT_VERSION = 2  # 2: post-processing (whitening, DBA) stored with the index
+BUILD_MARKER = "build.json"
+BUILD_FORMAT = "lookalike-index-build"
+GENERATION_FILES = ("vectors-{}.npy", "items-{}.json", "backend-{}.bin", "searchable-{}.npy", "whitening-{}.npz")
+_GENERATION_FILE = re.compile(r"^(vectors|items|backend|searchable|whitening)-(\d+)\.(npy|json|bin|npz)$")
+REMOVE_SHARE = 0.5  # removing more than this share of an index needs confirmation
 
 
 def file_sha1(path: Path) -> str:
@@ -165,9 +180,32 @@ class GalleryIndex:
         """Rows of ``items`` (n, k) and scores for each query vector (already in the index's
         space: see ``query`` for raw features), best first."""
         ids, scores = self.backend.search(queries, k)
-        row_of = {int(it["id"]): r for r, it in enumerate(self.items)}
-        rows = np.vectorize(lambda i: row_of.get(int(i), -1), otypes=[np.int64])(ids) if ids.size else ids
-        return rows, scores
+        return self.rows_of(ids), scores
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``items`` for backend ids (-1 for none) by binary search over the sorted ids:
+        O(log n) per result, nothing rebuilt per call (the server pays this on every request)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0 or len(self.items) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        sorted_ids, order = self._id_lookup()
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        rows = order[pos] if order is not None else pos
+        return np.where(sorted_ids[pos] == ids, rows, -1).astype(np.int64)
+
+    def _id_lookup(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(sorted item ids, their rows or None when items are already in id order), kept until
+        ``items`` is replaced. Ids only grow as items are added, so the order is the usual case."""
+        cached = getattr(self, "_ids_cache", None)
+        if cached is None or cached[0] is not self.items:
+            ids = self._ids()
+            if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+                cached = (self.items, ids, None)
+            else:
+                order = np.argsort(ids, kind="stable")
+                cached = (self.items, ids[order], order)
+            self._ids_cache = cached
+        return cached[1], cached[2]
 
     def query(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``search`` for the model's raw query features: the stored whitening is applied first."""
@@ -205,7 +243,7 @@ class GalleryIndex:
         buffer = io.BytesIO()
         np.save(buffer, vectors)
         atomic_write(self.folder / f"vectors-{g}.npy", lambda h: h.write(buffer.getvalue()))
-        items = json.dumps(self.items, ensure_ascii=False).encode("utf-8")
+        items = json_text(self.items, indent=None).encode("utf-8")
         atomic_write(self.folder / f"items-{g}.json", lambda h: h.write(items))
         if self.backend.spec != "exact":
             self.backend.save(self.folder / f"backend-{g}.bin")
@@ -229,11 +267,14 @@ class GalleryIndex:
             "created": self.created,
             "updated": time.time(),
         }
-        text = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        text = json_text(manifest).encode("utf-8")
+        crashpoint("save-files-written")
         atomic_write(self.folder / MANIFEST, lambda h: h.write(text))
+        crashpoint("save-manifest-switched")
         self.generation = g
-        for stem in ("vectors-{}.npy", "items-{}.json", "backend-{}.bin", "searchable-{}.npy", "whitening-{}.npz"):
+        for stem in GENERATION_FILES:
             (self.folder / stem.format(old)).unlink(missing_ok=True)
+        clean_leftovers(self.folder, g)
 
     def add_images(self, images: ImageSet, options: ExtractOptions | None = None) -> AddReport:
         """Embed and add images; same path and content: nothing changes; same path, new content:
@@ -291,18 +332,19 @@ class GalleryIndex:
             self.save()
         return report
 
-    def remove_paths(self, paths: list[str | Path]) -> tuple[list[str], list[str]]:
+    def remove_paths(
+        self, paths: list[str | Path], *, confirm: bool = False, max_share: float = REMOVE_SHARE
+    ) -> tuple[list[str], list[str]]:
         """Remove items by path (relative to the root or absolute; a folder removes all under it).
-        Returns (removed names, arguments that matched nothing); saves when anything was removed."""
+        Returns (removed names, arguments that matched nothing); saves when anything was removed.
+
+        Every argument is checked before anything changes: an empty path or one outside the
+        gallery root is refused, and so is removing more than ``max_share`` of the index unless
+        ``confirm`` (the CLI's ``--yes``)."""
+        targets = [self._removal_target(arg) for arg in paths]
         removed_ids, removed, unmatched = set(), [], []
-        for arg in paths:
-            target = (
-                _name_in_root(Path(arg), self.root)
-                if Path(arg).is_absolute() or Path(arg).exists()
-                else str(arg)
-            )
-            target = target.rstrip("/")
-            if target in ("", "."):  # the index's root itself: everything
+        for arg, target in zip(paths, targets, strict=True):
+            if target == "":  # the index's root itself: everything
                 hits = list(self.items)
             else:
                 hits = [it for it in self.items if it["path"] == target or it["path"].startswith(target + "/")]
@@ -312,10 +354,39 @@ class GalleryIndex:
                 if int(it["id"]) not in removed_ids:
                     removed_ids.add(int(it["id"]))
                     removed.append(it["path"])
+        if removed_ids and not confirm and len(removed_ids) > max_share * len(self.items):
+            raise InputError(
+                f"{self.folder}: this would remove {len(removed_ids)} of {len(self.items)} images "
+                f"(more than {max_share:.0%}); check the paths, or pass --yes (confirm=True) to do it"
+            )
         if removed_ids:
             self._drop_ids(sorted(removed_ids))
             self.save()
         return removed, unmatched
+
+    def _removal_target(self, arg: str | Path) -> str:
+        """The item path (or folder prefix, "" for the root) that ``arg`` names; an empty argument
+        or one outside the gallery root is an error, so a typo can never select everything."""
+        text = os.fspath(arg)
+        if not text.strip():
+            raise InputError("index remove: an empty path names nothing; give paths inside the gallery root")
+        names = {it["path"] for it in self.items}
+        if text in names:  # an item's own name, as the index lists it (absolute names included)
+            return text
+        path = Path(text)
+        if path.is_absolute() or path.exists():
+            resolved = path.resolve()
+            root = self.root.resolve()
+            if not resolved.is_relative_to(root):
+                raise InputError(
+                    f"index remove: {text} is outside the gallery root {root}; give paths inside it"
+                )
+            rel = resolved.relative_to(root).as_posix()
+            return "" if rel == "." else rel
+        rel = posixpath.normpath(text.replace(os.sep, "/"))
+        if rel == ".." or rel.startswith("../"):
+            raise InputError(f"index remove: {text} is outside the gallery root {self.root}")
+        return "" if rel == "." else rel
 
     def _folder_label(self, name: str) -> str | None:
         """A labelled index names new images' labels by their class folder under the root."""
@@ -394,6 +465,101 @@ def _name_in_root(path: Path, root: Path) -> str:
         return resolved.as_posix()
 
 
+def clean_leftovers(folder: Path, generation: int) -> list[Path]:
+    """Remove what a killed writer left in an index folder: temporary files of atomic writes and
+    generation files other than ``generation`` (the manifest's). Only lookalike's own file
+    names are touched; returns what was removed."""
+    removed = []
+    for entry in os.scandir(folder):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        match = _GENERATION_FILE.match(entry.name)
+        stale = match is not None and int(match.group(2)) != generation
+        target = _temporary_target(entry.name)
+        temporary = target is not None and (target == MANIFEST or _GENERATION_FILE.match(target) is not None)
+        if stale or temporary:
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _temporary_target(name: str) -> str | None:
+    """The file an ``atomic_write`` temporary (``.<target>.<random>.tmp``) was for, or None."""
+    if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+        return None
+    stem = name[1 : -len(TMP_SUFFIX)]
+    target, sep, _ = stem.rpartition(".")
+    return target if sep and is_temporary_of(name, target) else None
+
+
+def _is_own_name(name: str) -> bool:
+    """True for the names lookalike writes in an index folder (and their temporaries)."""
+    target = _temporary_target(name) or name
+    return target in (MANIFEST, "partial") or _GENERATION_FILE.match(target) is not None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _generation(folder: Path) -> int | None:
+    """The generation in force in ``folder``, or None when it holds no valid manifest."""
+    manifest = _read_json(folder / MANIFEST)
+    if manifest is None or manifest.get("format") != FORMAT:
+        return None
+    return int(manifest.get("generation", 0))
+
+
+def _is_own_partial(partial: Path) -> bool:
+    """True when ``partial`` is lookalike's build folder (its marker, or an older build's layout)."""
+    marker = _read_json(partial / BUILD_MARKER)
+    if marker is not None:
+        return marker.get("format") == BUILD_FORMAT
+    if not partial.is_dir():
+        return False
+    return all(p.name == "features" or is_temporary_of(p.name, BUILD_MARKER) for p in partial.iterdir())
+
+
+def _has_shards(partial: Path) -> bool:
+    return any(partial.glob("features/*/shard-*.npz"))
+
+
+def check_index_output(out: Path, images: ImageSet) -> None:
+    """Refuse an index folder that could hold or hide the user's files: the gallery itself or a
+    folder inside it, a file, or an existing folder that is neither empty nor a lookalike index.
+    ``force`` never lifts these checks."""
+    target = Path(os.path.realpath(out))
+    if images.source and Path(images.source).is_dir():
+        gallery = Path(os.path.realpath(images.source))
+        if target == gallery or target.is_relative_to(gallery):
+            where = "is the gallery" if target == gallery else f"is inside the gallery {gallery}"
+            raise InputError(
+                f"{out}: {where}; an index must not be written among your images: choose a folder "
+                f"outside it, e.g. -o {gallery.parent / (gallery.name + '.index')}"
+            )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; an index is a folder: choose a new folder name")
+    if out.is_dir():
+        partial = out / "partial"
+        entries = [p.name for p in out.iterdir()]
+        ours = _generation(out) is not None or (
+            _is_own_partial(partial) and all(_is_own_name(name) for name in entries)
+        )
+        if entries and not ours:
+            raise InputError(
+                f"{out}: the folder exists and is not a lookalike index ({len(entries)} item(s) in it); "
+                "lookalike writes an index only into a new or empty folder or over an index: choose another -o"
+            )
+    prefix = str(target) + os.sep
+    inside = next((p for p in images.paths if os.path.abspath(p).startswith(prefix)), None)
+    if inside is not None:
+        raise InputError(f"{out}: holds gallery image {inside}; write the index to a folder outside the gallery")
+
+
 def build_index(
     gallery: str | Path | ImageSet,
     out: str | Path,
@@ -408,32 +574,78 @@ def build_index(
     labels_csv: str | Path | None = None,
     ray_address: str | None = None,
     postprocess: IndexPostprocess | None = None,
-) -> tuple[GalleryIndex, Embeddings]:
+) -> tuple[GalleryIndex, Embeddings | None]:
     """Extract a gallery and save it as an index folder at ``out``.
 
-    Vectors are flushed to ``out/partial`` after every batch; if the build is interrupted
-    (Ctrl-C, kill -9), ``resume=True`` continues it, losing at most the batch in flight.
+    ``out`` must be new, empty or an index already (see :func:`check_index_output`). Vectors are
+    flushed to ``out/partial`` after every batch; if the build is interrupted (Ctrl-C, kill -9),
+    ``resume=True`` continues it, losing at most the batch in flight. ``force=True`` rebuilds an
+    existing index in place as its next generation: until the new one is complete the old one
+    stays in force, and a failed rebuild leaves it untouched. When ``resume`` finds the index
+    already complete it returns it with ``None`` for the embeddings.
     ``ray_address`` ("auto", "local" or a cluster address) runs extraction on Ray.
     ``postprocess`` (whitening, DBA) is fitted on the gallery and stored with the index.
     """
     out = Path(out)
     images = gallery if isinstance(gallery, ImageSet) else ImageSet.from_path(gallery, labels_csv=labels_csv)
+    check_index_output(out, images)
     partial = out / "partial"
-    if is_index(out) and not force:
-        raise InputError(
-            f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it"
-        )
-    if partial.is_dir() and not (resume or force):
-        raise InputError(
-            f"{out}: holds an interrupted build; pass --resume to continue it or --force to start over"
-        )
-    if force and out.exists():
-        if not (is_index(out) or partial.is_dir()):
-            raise InputError(f"{out}: exists and is not a lookalike index; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    current = _generation(out) if out.is_dir() else None
+    marker = _read_json(partial / BUILD_MARKER) if partial.is_dir() else None
+    in_progress = partial.is_dir() and (
+        (current is None and _is_own_partial(partial))
+        or (current is not None and marker is not None and marker.get("replaces") == current)
+    )
+    if current is not None and partial.is_dir() and not in_progress:
+        shutil.rmtree(partial, ignore_errors=True)  # a finished build's leftovers
+    if current is not None:
+        clean_leftovers(out, current)
+    if in_progress and not (resume or force):
+        what = "a rebuild of this index" if current is not None else "an interrupted build"
+        raise InputError(f"{out}: holds {what}; pass --resume to continue it or --force to start over")
+    if current is not None and not in_progress and not force:
+        if resume:
+            return GalleryIndex.open(out), None
+        raise InputError(f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it")
+    if force and in_progress and not resume:
+        shutil.rmtree(partial)
     extractor = model if isinstance(model, Extractor) else create_extractor(model, **(model_options or {}))
-    cache = FeatureCache(partial, extractor.key, extractor.describe(), flush_seconds=0.0, max_shards=None)
+    post = postprocess or IndexPostprocess()
+    post.check(extractor.dim)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (partial / BUILD_MARKER).is_file():
+        doc = {"format": BUILD_FORMAT, "replaces": current, "source": images.source, "started": time.time()}
+        atomic_write(partial / BUILD_MARKER, lambda h: h.write(json_text(doc).encode("utf-8")))
+    try:
+        index, emb = _build(images, out, extractor, backend, metric, options, ray_address, post, current)
+    except BaseException as exc:
+        if not _has_shards(partial) or isinstance(exc, NothingToProcessError):
+            shutil.rmtree(partial, ignore_errors=True)  # nothing to resume: leave no trace
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
+    crashpoint("build-saved")
+    shutil.rmtree(partial, ignore_errors=True)
+    return index, emb
+
+
+def _build(
+    images: ImageSet,
+    out: Path,
+    extractor: Extractor,
+    backend: str,
+    metric: str,
+    options: ExtractOptions | None,
+    ray_address: str | None,
+    post: IndexPostprocess,
+    replaces: int | None,
+) -> tuple[GalleryIndex, Embeddings]:
+    """Extract (resuming from ``out/partial``), fit the post-processing, fill the backend and save
+    the index as the generation after ``replaces`` (the first one for a new index)."""
+    for leftover in (out / "partial").glob("features/*/.*" + TMP_SUFFIX):  # a killed flush's temporaries
+        leftover.unlink(missing_ok=True)
+    cache = FeatureCache(out / "partial", extractor.key, extractor.describe(), flush_seconds=0.0, max_shards=None)
     opts = options or ExtractOptions()
     if ray_address is not None:
         from ..distributed import ray_embed
@@ -442,8 +654,9 @@ def build_index(
     else:
         emb = embed(extractor, images, opts, label="gallery", cache=cache)
     if len(emb.indices) == 0:
-        raise InputError(
-            f"{images.source}: none of the {len(images)} image(s) could be read; no index written"
+        kept = "; the existing index is unchanged" if replaces is not None else "; no index written"
+        raise NothingToProcessError(
+            f"{images.source}: none of the {len(images)} image(s) could be read{kept}"
         )
     items = []
     for row, i in enumerate(emb.indices):
@@ -453,7 +666,6 @@ def build_index(
             item["label"] = images.labels[i]
         items.append(item)
     vectors = emb.features
-    post = postprocess or IndexPostprocess()
     searchable = post.fit(vectors).gallery(vectors) if post.active else None
     search_vectors = vectors if searchable is None else searchable
     index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))
@@ -464,8 +676,7 @@ def build_index(
         index_backend.add(search_vectors, ids)
     index = GalleryIndex(
         out, images.root.resolve(), extractor.describe(), metric, index_backend, vectors, items,
-        post=post, searchable=searchable,
+        generation=replaces or 0, post=post, searchable=searchable,
     )
     index.save()
-    shutil.rmtree(partial, ignore_errors=True)
     return index, emb

@@ -5,7 +5,19 @@
 a global search; ``create_detector(name, **options)`` gives the detectors themselves.
 """
 
-from .detectors import (
+import os as _os
+
+from numba.core import config as _numba_config
+
+from ..cache import default_cache_dir as _default_cache_dir
+
+# numba's compiled-function cache (cache=True) goes under lookalike's cache, not beside the sources,
+# so an install in a read-only place works; numba reads CACHE_DIR when a function is decorated, so
+# this holds even when numba was imported first. A NUMBA_CACHE_DIR the user set is kept.
+if not _numba_config.CACHE_DIR:
+    _numba_config.CACHE_DIR = _os.environ.setdefault("NUMBA_CACHE_DIR", str(_default_cache_dir() / "numba"))
+
+from .detectors import (  # noqa: E402
     LOCAL_METHODS,
     Detector,
     OrbDetector,
@@ -14,10 +26,17 @@ from .detectors import (
     available_methods,
     create_detector,
 )
-from .keypoints import Features, Keypoints
-from .matching import MatchOptions, Verification, find_homography, match_descriptors, verify
-from .search import FeatureSet, LocalResult, extract_features, local_search, rank_by_verification, rerank
-from .surf import SurfOptions, surf, surf_describe, surf_detect
+from .keypoints import Features, Keypoints  # noqa: E402
+from .matching import MatchOptions, Verification, find_homography, match_descriptors, verify  # noqa: E402
+from .search import (  # noqa: E402
+    FeatureSet,
+    LocalResult,
+    extract_features,
+    local_search,
+    rank_by_verification,
+    rerank,
+)
+from .surf import SurfOptions, surf, surf_describe, surf_detect  # noqa: E402
 
 __all__ = [
     "LOCAL_METHODS",

@@ -1,0 +1,47 @@
+"""The seams under the features: id lookups of an index, numba's cache outside the sources."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import lookalike
+from lookalike.index import GalleryIndex, create_backend
+
+
+def _index(ids: list[int]) -> GalleryIndex:
+    items = [{"id": i, "path": f"img/{i}.jpg"} for i in ids]
+    vectors = np.eye(len(ids), 4, dtype=np.float32)
+    backend = create_backend("exact", 4, "cosine", len(ids))
+    backend.add(vectors, np.array(ids, dtype=np.int64))
+    return GalleryIndex(Path("."), Path("."), {"name": "x", "options": {}, "dim": 4}, "cosine", backend, vectors, items)
+
+
+def test_rows_of_maps_backend_ids_to_item_rows() -> None:
+    index = _index([0, 3, 7, 12])
+    rows = index.rows_of(np.array([[12, 0, 5, -1], [3, 7, 99, 0]]))
+    assert rows.tolist() == [[3, 0, -1, -1], [1, 2, -1, 0]]
+    index.items = [index.items[2], index.items[0]]  # replaced (and out of id order): the lookup follows
+    assert index.rows_of(np.array([[0, 7, 3]])).tolist() == [[1, 0, -1]]
+    assert index.rows_of(np.zeros((2, 0), dtype=np.int64)).shape == (2, 0)
+
+
+def test_numba_cache_is_written_outside_the_source_tree(tmp_path: Path) -> None:
+    source = Path(lookalike.__file__).parent / "local"
+    before = {p for p in source.rglob("*") if p.suffix in (".nbi", ".nbc")}
+    code = (
+        "import numpy as np\n"
+        "from lookalike.local.surf import surf\n"
+        "img = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)\n"
+        "surf(img)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["LOOKALIKE_CACHE"] = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    assert any(p.suffix == ".nbi" for p in (tmp_path / "numba").rglob("*"))
+    after = {p for p in source.rglob("*") if p.suffix in (".nbi", ".nbc")}
+    assert after == before
