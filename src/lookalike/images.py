@@ -8,6 +8,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def load_image(
         return _load_raw(path, max_pixels, draft_size)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # bombs are checked below; broken EXIF is not the picture
             img = _open(path)
             width, height = img.size
             if width * height > max_pixels:
@@ -90,7 +91,8 @@ def load_image(
         raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
         raise ImageError(path, f"truncated or corrupt image ({_one_line(exc)})") from None
-    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture itself
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a broken EXIF block must not lose the picture, nor print noise
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 
@@ -106,7 +108,7 @@ def image_pixels(path: str | Path) -> int | None:
                 width, height = _raw_dims(raw)
             return width * height
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             with _open(path) as img:
                 return img.width * img.height
     except Exception:  # any reason at all: the decoder will give the precise one
@@ -127,7 +129,8 @@ def _one_line(exc: BaseException) -> str:
 def _check_file(path: Path) -> None:
     """Raise ImageError for a missing, dangling, unreadable or empty file before any decoder runs."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size = info.st_size
     except FileNotFoundError:
         if not path.is_symlink():
             raise ImageError(path, "file not found") from None
@@ -140,6 +143,15 @@ def _check_file(path: Path) -> None:
         if exc.errno == errno.ELOOP:
             raise ImageError(path, "symbolic link loop (the link leads back to itself)") from None
         raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # never opened: reading a named pipe would block for ever
+        kind = (
+            "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode)
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a socket" if stat.S_ISSOCK(info.st_mode)
+            else "a folder" if stat.S_ISDIR(info.st_mode)
+            else "not a plain file"
+        )
+        raise ImageError(path, f"not a regular file: {kind}")
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
 
@@ -284,6 +296,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f":
         top = 1.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 255.0
         return np.clip(np.nan_to_num(arr) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if arr.dtype.kind == "i":  # signed samples: below zero is black, not a wrap-around
+        arr = np.maximum(arr, 0)
     peak = int(arr.max(initial=0))
     if peak <= 255:
         return arr.astype(np.uint8)
