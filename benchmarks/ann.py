@@ -91,7 +91,7 @@ def main() -> None:
         start = time.perf_counter()
         index = create_backend(SPECS[name], args.dim, "cosine", args.n)
         if name == "exact":
-            index.assign(data, ids)  # the exact backend searches the vectors in place
+            index.fill(data, ids)  # the exact backend searches the vectors in place
         else:
             index.add(data, ids)
         build = time.perf_counter() - start
@@ -148,7 +148,7 @@ def _current(index, faiss) -> str:
 
 def create_exact_truth(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
     exact = create_backend("exact", data.shape[1], "cosine", len(data))
-    exact.assign(data, np.arange(len(data), dtype=np.int64))
+    exact.fill(data, np.arange(len(data), dtype=np.int64))
     return exact.search(queries, 10)[0]
 
 

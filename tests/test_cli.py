@@ -150,9 +150,11 @@ def test_report_and_compare_commands(photo_set: tuple[Path, Path], tmp_path: Pat
 
 
 def test_local_methods_and_spatial_rerank(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
-    from lookalike import local, pipeline
+    from lookalike import local
+    from lookalike.methods import is_local_method
 
-    assert set(pipeline.LOCAL_METHODS) <= set(local.LOCAL_METHODS)
+    assert set(local.LOCAL_METHODS) <= set(local.available_methods())
+    assert all(is_local_method(m) for m in local.available_methods())  # one registry: -m takes them all
     query, gallery = photo_set
     surf = _invoke("evaluate", query, gallery, "-m", "surf", "--json", tmp_path / "surf.json", "-q")
     assert surf.exit_code == 0, surf.output

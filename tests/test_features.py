@@ -81,7 +81,7 @@ def test_registry_errors_and_listing() -> None:
     assert {"resnet50", "efficientnet-lite0", "pixels"} <= set(names)
     with pytest.raises(InputError, match="unknown model 'vgg'"):
         create_extractor("vgg")
-    with pytest.raises(InputError, match="unexpected keyword"):
+    with pytest.raises(InputError, match="unknown option\\(s\\) depth"):
         create_extractor("pixels", depth=3)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import lookalike
 from lookalike.index import GalleryIndex, create_backend
@@ -45,3 +46,20 @@ def test_numba_cache_is_written_outside_the_source_tree(tmp_path: Path) -> None:
     assert any(p.suffix == ".nbi" for p in (tmp_path / "numba").rglob("*"))
     after = {p for p in source.rglob("*") if p.suffix in (".nbi", ".nbc")}
     assert after == before
+
+
+def test_every_command_with_m_takes_local_methods(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from lookalike.compare import compare
+    from lookalike.errors import InputError
+    from lookalike.extract import ExtractOptions
+    from lookalike.methods import list_methods, resolve_method
+
+    kinds = {m.name: m.kind for m in list_methods()}
+    assert kinds["surf"] == kinds["orb"] == "local" and kinds["pixels"] == "global"
+    table = compare(*photo_set, ["pixels", "orb"], options=ExtractOptions(progress=False, num_workers=0))
+    assert [row.method for row in table.rows] == ["pixels", "orb"]
+    assert all(0.0 <= row.mean_ap <= 1.0 for row in table.rows)
+    with pytest.raises(InputError, match="local-feature method"):
+        resolve_method("surf", {"pool": "gem"})
+    with pytest.raises(InputError, match="unknown model 'nope'.*surf"):
+        resolve_method("nope")

@@ -142,8 +142,8 @@ def test_faiss_backends_agree_with_exact(spec: str, tmp_path: Path) -> None:
     a_ids, _ = approx.search(queries, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(a_ids, e_ids, strict=True)])
     assert recall >= (0.999 if spec == "flat" else 0.8)
-    approx.save(tmp_path / "b.bin")
-    loaded = FaissIndex.load(tmp_path / "b.bin", 32, "cosine", approx.factory)
+    assert approx.save(tmp_path, 7) == [tmp_path / "backend-7.bin"]
+    loaded = FaissIndex.load(approx.spec, tmp_path, 7, 32, "cosine", data, ids)
     np.testing.assert_array_equal(loaded.search(queries, 10)[0], a_ids)
     approx.remove(ids[:50])
     assert len(approx) == 2950 and not np.isin(approx.search(queries[:50], 5)[0], ids[:50]).any()

@@ -288,7 +288,7 @@ def test_search_help_shows_the_whole_first_line() -> None:
         (["search", "Q", "G", "--whiten-dim", "8"], "--whiten-dim"),
         (["search", "Q", "G", "-m", "pixels", "--whiten", "--whiten-dim", "99999"], "--whiten-dim"),
         (["search", "Q", "G", "-o", "DIR"], "-o"),
-        (["search", "Q", "G", "--rerank", "magic"], "--rerank"),
+        (["search", "Q", "G", "--rerank", "magic"], "re-ranking"),
         (["index", "build", "G", "-o", "OUT", "--batch-size", "0"], "--batch-size"),
         (["index", "add", "OUT", "G", "--workers", "-3"], "--workers"),
         (["serve", "OUT", "--port", "70000"], "--port"),

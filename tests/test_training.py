@@ -15,9 +15,9 @@ import torch
 
 import lookalike
 from lookalike import ExtractOptions, ImageSet, InputError, create_extractor, embed
+from lookalike.features.checkpoint import load_checkpoint_extractor, read_checkpoint, rebuild
 from lookalike.samples import make_copy_detection_set
-from lookalike.training import TrainResult, load_checkpoint_extractor, read_checkpoint, train
-from lookalike.training.checkpoint import rebuild
+from lookalike.training import TrainResult, train
 from lookalike.training.trainer import Normalise
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")

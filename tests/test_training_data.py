@@ -76,7 +76,7 @@ def test_method_options_given_as_text_mean_what_they_say() -> None:
     )
     assert options["freeze_trunk"] is False and augment.flip is False and limit == 40
     assert options["channels"] == [16, 32] and options["margin"] == 0.5
-    with pytest.raises(InputError, match="option dense: expected int"):
+    with pytest.raises(InputError, match="option dense must be a whole number"):
         method_spec("cnn").resolve({"dense": "big"})
     with pytest.raises(InputError, match="unknown option"):
         method_spec("vae").resolve({"margin": 1.0})

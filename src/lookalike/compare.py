@@ -16,9 +16,10 @@ from typing import Any
 from .cache import atomic_write
 from .errors import InputError
 from .extract import ExtractOptions
-from .features import Extractor, create_extractor
+from .features import Extractor
 from .images import ImageSet
 from .index import is_index
+from .methods import LocalMethod, method_label, resolve_method
 from .metrics import TOP_KS
 from .pipeline import Refinement, evaluate
 from .plots import figure, png_bytes
@@ -103,10 +104,6 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _method_label(method: str | Extractor) -> str:
-    return method.name if isinstance(method, Extractor) else str(method)
-
-
 def _image_set(source: str | Path | ImageSet, labels_csv: str | Path | None, which: str) -> ImageSet:
     if isinstance(source, ImageSet):
         return source
@@ -121,7 +118,7 @@ def _image_set(source: str | Path | ImageSet, labels_csv: str | Path | None, whi
 def compare(
     query: str | Path | ImageSet,
     gallery: str | Path | ImageSet,
-    methods: Sequence[str | Extractor],
+    methods: Sequence[str | Extractor | LocalMethod],
     out_dir: str | Path | None = None,
     *,
     options: ExtractOptions | None = None,
@@ -135,7 +132,7 @@ def compare(
     labelled split and, when ``out_dir`` is given, write ``comparison.md``, ``comparison.csv`` and
     ``comparison.png`` (top-1/3/10 and mAP bars) there. Every model is built before any extraction
     starts, so an unknown name or missing checkpoint fails at once."""
-    labels = [_method_label(m) for m in methods]
+    labels = [method_label(m) for m in methods]
     if not labels:
         raise InputError("compare needs at least one method (-m NAME or -m CHECKPOINT.pt)")
     duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -143,10 +140,10 @@ def compare(
         raise InputError(f"methods given twice: {', '.join(duplicates)}")
     q_set = _image_set(query, query_labels, "query")
     g_set = _image_set(gallery, gallery_labels, "gallery")
-    extractors = [m if isinstance(m, Extractor) else create_extractor(m) for m in methods]
+    resolved = [resolve_method(m) for m in methods]  # global, local or checkpoint: all checked up front
     rows = []
-    for label, extractor in zip(labels, extractors, strict=True):
-        run = evaluate(q_set, g_set, model=extractor, options=options, metric=metric, refinement=refinement)
+    for label, method in zip(labels, resolved, strict=True):
+        run = evaluate(q_set, g_set, model=method, options=options, metric=metric, refinement=refinement)
         assert run.metrics is not None
         seconds = float(run.stats.get("extract_seconds", 0.0)) + float(run.stats.get("search_seconds", 0.0))
         rows.append(

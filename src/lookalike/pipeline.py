@@ -5,26 +5,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cache import default_cache_dir
 from .errors import InputError, NothingToProcessError
 from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
-from .features import Extractor, create_extractor
+from .features import Extractor
 from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
+from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings
-from .postprocess import PCAWhitening, check_whiten_dim
-from .rerank import KReciprocal, alpha_query_expansion, database_augmentation
+from .postprocess import Postprocess
+from .rerank import RERANKERS, Reranker, RerankInputs
 from .search import full_rankings, rankings_with_head, topk
 
+if TYPE_CHECKING:
+    from .config import SearchConfig
+
 DEFAULT_MODEL = "efficientnet-lite0"
-LOCAL_METHODS = ("surf", "sift", "orb")  # lookalike.local.LOCAL_METHODS, without importing OpenCV
-LOCAL_RERANKINGS = ("surf", "sift")
-RERANKINGS = ("k-reciprocal", *LOCAL_RERANKINGS)
 FORMATS = ("default", "challenge")
 
 
@@ -133,9 +134,9 @@ def _as_image_set(source: str | Path | ImageSet, labels_csv: str | Path | None) 
 
 
 def _as_extractor(model: str | Extractor, model_options: dict[str, Any] | None) -> Extractor:
-    if isinstance(model, Extractor):
-        return model
-    return create_extractor(model, **(model_options or {}))
+    method = resolve_method(model, model_options)
+    assert isinstance(method, Extractor)
+    return method
 
 
 def _embed_set(extractor: Extractor, images: ImageSet, opts: ExtractOptions, label: str) -> Embeddings:
@@ -160,6 +161,7 @@ def search(
     query_labels: str | Path | None = None,
     gallery_labels: str | Path | None = None,
     refinement: Refinement | None = None,
+    config: SearchConfig | None = None,
 ) -> SearchRun:
     """Rank ``gallery`` for every image of ``query``; the CLI's ``search``.
 
@@ -167,14 +169,21 @@ def search(
     saved index folder (then its model and metric are used). ``model`` defaults to
     efficientnet-lite0 and ``metric`` to cosine. With ``evaluate`` both sides must be labelled,
     and ``metrics`` is filled from full rankings; ``refinement`` adds whitening, DBA, QE and
-    re-ranking.
+    re-ranking. ``config`` (a :class:`lookalike.config.SearchConfig`) gives all of those at once.
     """
+    if config is not None:  # one object for every setting (the CLI's way); the keywords stay for the API
+        if any(v is not None for v in (model, model_options, metric, options, refinement)):
+            raise InputError("give either config= or model/model_options/metric/options/refinement, not both")
+        model, model_options, metric = config.model, config.model_options, config.metric
+        options, refinement = config.extract, config.refinement
     opts = options or ExtractOptions()
     if opts.use_cache and opts.cache_dir is None:
         opts = replace(opts, cache_dir=default_cache_dir())
     q_set = _as_image_set(query, query_labels)
-    if isinstance(model, str) and model in LOCAL_METHODS:
-        return _local_search(q_set, gallery, model, model_options, k, evaluate, opts, gallery_labels)
+    if isinstance(model, LocalMethod) or is_local_method(model):
+        method = resolve_method(model, model_options)
+        assert isinstance(method, LocalMethod)
+        return _local_search(q_set, gallery, method, k, evaluate, opts, gallery_labels)
     if not isinstance(gallery, ImageSet) and is_index(gallery):
         if any(v is not None for v in (model_options or {}).values()):
             raise InputError(f"{gallery} is an index: its model and options are fixed when it is built")
@@ -234,18 +243,15 @@ def search(
 
 
 @dataclass
-class Refinement:
+class Refinement(Postprocess):
     """Optional steps between features and ranking, in this order: PCA whitening fitted on the
     gallery (``whiten``, ``whiten_dim``), database-side augmentation (``dba`` = k), alpha query
-    expansion (``qe`` = k; both weight neighbours by similarity^``alpha``), and k-reciprocal
-    re-ranking of each query's top ``rerank_top`` (``rerank="k-reciprocal"``, ``k1``, ``k2``,
-    ``lambda_value``). Anything that changes vectors makes an index search exact."""
+    expansion (``qe`` = k; both weight neighbours by similarity^``alpha``) — the
+    :class:`~lookalike.postprocess.Postprocess` steps, fitted at search time — then re-ranking of
+    each query's top ``rerank_top`` by a registered re-ranker (``rerank``: k-reciprocal with
+    ``k1``, ``k2``, ``lambda_value``, or spatial verification). Anything that changes vectors
+    makes an index search exact."""
 
-    whiten: bool = False
-    whiten_dim: int | None = None
-    dba: int = 0
-    qe: int = 0
-    alpha: float = 3.0
     rerank: str | None = None
     rerank_top: int = 100
     k1: int = 20
@@ -253,31 +259,15 @@ class Refinement:
     lambda_value: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.rerank not in (None, *RERANKINGS):
-            raise InputError(f"--rerank: unknown re-ranking {self.rerank!r}; available: {', '.join(RERANKINGS)}")
+        super().__post_init__()
+        if self.rerank is not None:
+            RERANKERS.get(self.rerank)  # an unknown name fails here, before any work
         if self.rerank_top < 1:
             raise InputError(f"--rerank-top must be at least 1, got {self.rerank_top}")
-        if self.dba < 0 or self.qe < 0:
-            raise InputError(f"--qe and --dba must be 0 (off) or positive, got {self.qe} and {self.dba}")
-        if self.whiten_dim is not None and not self.whiten:
-            raise InputError("--whiten-dim needs --whiten")
-        if self.whiten_dim is not None and self.whiten_dim < 1:
-            raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
-
-    def check(self, feature_dim: int) -> None:
-        """Refuse options the model's features cannot satisfy, before anything is extracted."""
-        if self.whiten:
-            check_whiten_dim(self.whiten_dim, feature_dim)
 
     def describe(self) -> dict[str, Any]:
         """The active steps and their parameters (empty when none is on)."""
-        out: dict[str, Any] = {}
-        if self.whiten:
-            out["whiten"] = {"dim": self.whiten_dim}
-        if self.dba:
-            out["dba"] = {"k": self.dba, "alpha": self.alpha}
-        if self.qe:
-            out["qe"] = {"k": self.qe, "alpha": self.alpha}
+        out = super().describe()
         if self.rerank:
             out["rerank"] = {
                 "method": self.rerank,
@@ -289,17 +279,13 @@ class Refinement:
         return out
 
     def apply(self, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(queries, gallery, changed): the vectors after whitening, DBA and QE."""
-        changed = False
-        gallery = np.asarray(gallery)
-        if self.whiten:
-            whitening = PCAWhitening(self.whiten_dim).fit(gallery)
-            queries, gallery, changed = whitening.transform(queries), whitening.transform(gallery), True
-        if self.dba:
-            gallery, changed = database_augmentation(gallery, self.dba, self.alpha), True
-        if self.qe:
-            queries = alpha_query_expansion(queries, gallery, self.qe, self.alpha)
-        return queries, gallery, changed
+        """(queries, gallery, changed): the vectors after whitening, DBA and QE, fitted here on
+        this gallery (a fresh copy of the steps, so the object itself stays unfitted)."""
+        if not (self.whiten or self.dba or self.qe):
+            return queries, np.asarray(gallery), False
+        steps = Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
+        processed = steps.gallery(gallery) if (self.whiten or self.dba) else np.asarray(gallery)
+        return steps.queries(queries, processed), processed, bool(self.whiten or self.dba)
 
     def reranker(
         self,
@@ -308,44 +294,22 @@ class Refinement:
         query_set: ImageSet,
         gallery_set: ImageSet,
         options: ExtractOptions,
-    ) -> KReciprocal | SpatialVerification | None:
-        """The re-ranking step, if any: k-reciprocal on the vectors, or spatial verification with
-        local features on the images (``query_set``/``gallery_set`` in vector order)."""
-        if self.rerank == "k-reciprocal":
-            return KReciprocal(queries, gallery, self.k1, self.k2, self.lambda_value)
-        if self.rerank in LOCAL_RERANKINGS:
-            return SpatialVerification(query_set, gallery_set, self.rerank, self.rerank_top, options)
-        return None
-
-
-@dataclass
-class SpatialVerification:
-    """Re-ranking of a short list by local features (SURF, SIFT, ORB) and RANSAC inliers; see
-    :func:`lookalike.local.rerank` for how verified inliers and the global rank are fused."""
-
-    query_set: ImageSet
-    gallery_set: ImageSet
-    method: str
-    top: int
-    options: ExtractOptions
-
-    @property
-    def score_name(self) -> str:
-        return f"{self.method} inliers + rank fusion"
-
-    def rerank(self, query_rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .local import rerank
-
-        queries = self.query_set.subset([int(i) for i in query_rows])
-        zeros = np.zeros(candidates.shape, dtype=np.float32)
-        return rerank(queries, self.gallery_set, candidates, zeros, self.method, self.top, self.options)
+    ) -> Reranker | None:
+        """The re-ranking step, if any, from the re-ranker registry: it gets the vectors and the
+        images in vector order (``query_set``/``gallery_set``), and those of this object's
+        parameters (``k1``, ``k2``, ``lambda_value``) that its factory takes."""
+        if self.rerank is None:
+            return None
+        entry = RERANKERS.get(self.rerank)
+        params = {k: getattr(self, k) for k in ("k1", "k2", "lambda_value") if k in entry.options()}
+        inputs = RerankInputs(queries, gallery, query_set, gallery_set, options, self.rerank_top)
+        return RERANKERS.create(self.rerank, inputs, **params)
 
 
 def _local_search(
     q_set: ImageSet,
     gallery: str | Path | ImageSet,
-    method: str,
-    method_options: dict[str, Any] | None,
+    method: LocalMethod,
     k: int,
     evaluate: bool,
     opts: ExtractOptions,
@@ -359,8 +323,7 @@ def _local_search(
     g_set = _as_image_set(gallery, gallery_labels)
     if evaluate and not (q_set.labelled and g_set.labelled):
         raise InputError(_NEEDS_LABELS)
-    options = {key: value for key, value in (method_options or {}).items() if key not in ("weights", "pool")}
-    res = local_search(q_set, g_set, method, k, opts, method_options=options)
+    res = local_search(q_set, g_set, method.name, k, opts, method_options=method.options)
     run = SearchRun(
         query_names=res.query_names,
         gallery_names=res.gallery_names,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write
 from .errors import InputError
+from .fileio import atomic_write
+from .search import topk
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -18,7 +21,9 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+log = logging.getLogger("lookalike")
 BLOCK = 65_536  # rows converted to float64 at a time
+LARGE_DBA = 200_000  # above this many vectors, DBA's exact k-NN over the gallery gets a warning
 
 
 def _blocks(x: np.ndarray):
@@ -106,4 +111,134 @@ class PCAWhitening:
         with np.load(path, allow_pickle=False) as data:
             out = cls(int(data["projection"].shape[1]), float(data["shrinkage"]))
             out.mean, out.projection = data["mean"], data["projection"]
+        return out
+
+
+CHUNK = 4096  # rows per step when gathering (rows, k, d) neighbour blocks
+
+
+def _weighted_neighbour_mean(
+    vectors: np.ndarray, base: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float
+) -> np.ndarray:
+    """``normalise(vectors + sum_j max(s_j, 0)^alpha * base[idx_j])`` in chunks of rows."""
+    out = np.empty_like(vectors, dtype=np.float32)
+    weights = np.clip(sims, 0.0, None) ** alpha
+    for s in range(0, len(vectors), CHUNK):
+        gathered = base[idx[s : s + CHUNK]]
+        out[s : s + CHUNK] = vectors[s : s + CHUNK] + np.einsum(
+            "nk,nkd->nd", weights[s : s + CHUNK], gathered
+        )
+    return l2_normalise(out)
+
+
+def alpha_query_expansion(queries: np.ndarray, gallery: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """alpha-QE (Radenovic et al., 2018): each query becomes the normalised sum of itself and its
+    top results, weighted by similarity^alpha. ``k`` counts the query itself, as DBA counts the
+    image itself, so k = 1 leaves queries unchanged."""
+    if k < 1:
+        raise InputError(f"query expansion k must be at least 1, got {k}")
+    if k == 1:
+        idx = np.zeros((len(queries), 0), dtype=np.int64)
+        sims = np.zeros((len(queries), 0), dtype=np.float32)
+    else:
+        idx, sims = topk(queries, gallery, k - 1)
+    return _weighted_neighbour_mean(np.asarray(queries, np.float32), gallery, idx, sims, alpha)
+
+
+def database_augmentation(gallery: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """DBA: each gallery vector becomes the similarity^alpha-weighted mean of its k nearest
+    gallery vectors (itself first), which pulls views of the same thing together."""
+    if k < 1:
+        raise InputError(f"DBA k must be at least 1, got {k}")
+    gallery = np.asarray(gallery, np.float32)
+    if k == 1:
+        return l2_normalise(gallery)
+    idx, sims = topk(gallery, gallery, k)
+    return _weighted_neighbour_mean(np.zeros_like(gallery), gallery, idx, sims, alpha)
+
+
+@dataclass
+class Postprocess:
+    """Whitening, DBA and QE as one fit/transform chain, validated once: ``fit`` learns the
+    whitening on the gallery's raw vectors; ``gallery`` gives the searchable gallery (whitened,
+    then each vector augmented by its ``dba`` neighbours); ``queries`` gives queries in that space
+    (whitened, then expanded by their ``qe`` nearest processed gallery vectors). Neighbours are
+    weighted by similarity^``alpha``. The search-time steps (``Refinement``) and those stored with
+    an index (``IndexPostprocess``) are both this class."""
+
+    whiten: bool = False
+    whiten_dim: int | None = None
+    dba: int = 0
+    qe: int = 0
+    alpha: float = 3.0
+    whitening: PCAWhitening | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.dba < 0 or self.qe < 0:
+            raise InputError(f"--qe and --dba must be 0 (off) or positive, got {self.qe} and {self.dba}")
+        if self.whiten_dim is not None and not self.whiten:
+            raise InputError("--whiten-dim needs --whiten")
+        if self.whiten_dim is not None and self.whiten_dim < 1:
+            raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
+
+    @property
+    def active(self) -> bool:
+        """True when any step changes vectors."""
+        return self.whiten or self.dba > 0 or self.qe > 0
+
+    def check(self, feature_dim: int) -> None:
+        """Refuse options the model's features cannot satisfy, before anything is extracted."""
+        if self.whiten:
+            check_whiten_dim(self.whiten_dim, feature_dim)
+
+    def fit(self, raw: np.ndarray) -> Postprocess:
+        """Fit the whitening on the gallery's raw vectors (DBA and QE have nothing to fit)."""
+        if self.whiten:
+            self.whitening = PCAWhitening(self.whiten_dim).fit(np.asarray(raw))
+        return self
+
+    def whitened(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in the whitened space (unchanged without whitening)."""
+        if not self.whiten:
+            return x
+        if self.whitening is None:
+            raise InputError("whitening used before it was fitted")
+        return self.whitening.transform(x)
+
+    def gallery(self, raw: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """The searchable vectors of the whole gallery (``dim`` columns when it is empty)."""
+        raw = np.asarray(raw, dtype=np.float32)
+        if not len(raw):
+            out_dim = dim if dim is not None else self.output_dim(raw.shape[1])
+            return np.zeros((0, out_dim), dtype=np.float32)
+        x = self.whitened(raw)
+        if self.dba:
+            if len(x) > LARGE_DBA:
+                log.warning("DBA over %d vectors: an exact k-NN of the whole gallery, this takes a while", len(x))
+            x = database_augmentation(x, min(self.dba, len(x)), self.alpha)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def queries(self, raw: np.ndarray, gallery: np.ndarray | None = None) -> np.ndarray:
+        """Queries in the gallery's space; with ``gallery`` (the processed vectors) and ``qe``,
+        also expanded by their nearest gallery vectors."""
+        x = self.whitened(np.asarray(raw, dtype=np.float32))
+        if self.qe and gallery is not None:
+            x = alpha_query_expansion(x, gallery, self.qe, self.alpha)
+        return x
+
+    def output_dim(self, input_dim: int) -> int:
+        """The dimension of processed vectors."""
+        if self.whitening is not None and self.whitening.projection is not None:
+            return int(self.whitening.projection.shape[1])
+        return input_dim
+
+    def describe(self) -> dict[str, Any]:
+        """The active steps and their parameters (empty when none is on)."""
+        out: dict[str, Any] = {}
+        if self.whiten:
+            out["whiten"] = {"dim": self.whiten_dim}
+        if self.dba:
+            out["dba"] = {"k": self.dba, "alpha": self.alpha}
+        if self.qe:
+            out["qe"] = {"k": self.qe, "alpha": self.alpha}
         return out

@@ -1,57 +1,52 @@
-"""Re-ranking of global-feature results: alpha query expansion, database-side augmentation and
-k-reciprocal re-ranking. All work on top-k neighbour lists from the blocked exact search, so
-memory stays bounded: never a dense gallery x gallery matrix."""
+"""Re-rankers: they re-order each query's short list after the search. k-reciprocal re-ranking
+works on neighbour lists from the blocked exact search (bounded memory, never a dense gallery x
+gallery matrix); spatial verification matches local features and counts RANSAC inliers.
+
+Every re-ranker answers one small protocol (:class:`Reranker`) and is chosen by name through
+``RERANKERS``; its factory takes the search's :class:`RerankInputs` and its own options.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import sparse
 
 from .errors import InputError
-from .postprocess import l2_normalise
+from .registry import Registry
 from .search import topk
 
-CHUNK = 4096  # rows per step when gathering (rows, k, d) neighbour blocks
+if TYPE_CHECKING:
+    from .extract import ExtractOptions
+    from .images import ImageSet
 
 
-def _weighted_neighbour_mean(
-    vectors: np.ndarray, base: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float
-) -> np.ndarray:
-    """``normalise(vectors + sum_j max(s_j, 0)^alpha * base[idx_j])`` in chunks of rows."""
-    out = np.empty_like(vectors, dtype=np.float32)
-    weights = np.clip(sims, 0.0, None) ** alpha
-    for s in range(0, len(vectors), CHUNK):
-        gathered = base[idx[s : s + CHUNK]]
-        out[s : s + CHUNK] = vectors[s : s + CHUNK] + np.einsum(
-            "nk,nkd->nd", weights[s : s + CHUNK], gathered
-        )
-    return l2_normalise(out)
+class Reranker(Protocol):
+    """Re-orders candidate lists: ``rerank(query_rows, candidates) -> (indices, scores)``, best
+    first; ``score_name`` says what the new scores are."""
+
+    score_name: str
+
+    def rerank(self, query_rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def alpha_query_expansion(queries: np.ndarray, gallery: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
-    """alpha-QE (Radenovic et al., 2018): each query becomes the normalised sum of itself and its
-    top results, weighted by similarity^alpha. ``k`` counts the query itself, as DBA counts the
-    image itself, so k = 1 leaves queries unchanged."""
-    if k < 1:
-        raise InputError(f"query expansion k must be at least 1, got {k}")
-    if k == 1:
-        idx = np.zeros((len(queries), 0), dtype=np.int64)
-        sims = np.zeros((len(queries), 0), dtype=np.float32)
-    else:
-        idx, sims = topk(queries, gallery, k - 1)
-    return _weighted_neighbour_mean(np.asarray(queries, np.float32), gallery, idx, sims, alpha)
+@dataclass
+class RerankInputs:
+    """What a search hands a re-ranker: the (processed) query and gallery vectors, the images in
+    vector order (for pixel-level re-rankers), how to read them, and how deep to re-rank."""
+
+    queries: np.ndarray
+    gallery: np.ndarray
+    query_set: ImageSet
+    gallery_set: ImageSet
+    options: ExtractOptions
+    top: int
 
 
-def database_augmentation(gallery: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
-    """DBA: each gallery vector becomes the similarity^alpha-weighted mean of its k nearest
-    gallery vectors (itself first), which pulls views of the same thing together."""
-    if k < 1:
-        raise InputError(f"DBA k must be at least 1, got {k}")
-    gallery = np.asarray(gallery, np.float32)
-    if k == 1:
-        return l2_normalise(gallery)
-    idx, sims = topk(gallery, gallery, k)
-    return _weighted_neighbour_mean(np.zeros_like(gallery), gallery, idx, sims, alpha)
+RERANKERS: Registry[Reranker] = Registry("re-ranking")
 
 
 class KReciprocal:
@@ -160,3 +155,45 @@ def k_reciprocal_rerank(
     """Re-order each query's gallery ``candidates`` by k-reciprocal re-ranking (see KReciprocal)."""
     reranker = KReciprocal(queries, gallery, k1, k2, lambda_value)
     return reranker.rerank(np.arange(len(queries)), candidates)
+
+
+@RERANKERS.register("k-reciprocal", description="k-reciprocal re-ranking (Zhong et al. 2017) of the vectors")
+def _k_reciprocal(inputs: RerankInputs, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> KReciprocal:
+    return KReciprocal(inputs.queries, inputs.gallery, k1, k2, lambda_value)
+
+
+@dataclass
+class SpatialVerification:
+    """Re-ranking of a short list by local features (SURF, SIFT, ORB) and RANSAC inliers; see
+    :func:`lookalike.local.rerank` for how verified inliers and the global rank are fused."""
+
+    query_set: ImageSet
+    gallery_set: ImageSet
+    method: str
+    top: int
+    options: ExtractOptions
+
+    @property
+    def score_name(self) -> str:
+        return f"{self.method} inliers + rank fusion"
+
+    def rerank(self, query_rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .local import rerank
+
+        queries = self.query_set.subset([int(i) for i in query_rows])
+        zeros = np.zeros(candidates.shape, dtype=np.float32)
+        return rerank(queries, self.gallery_set, candidates, zeros, self.method, self.top, self.options)
+
+
+def _spatial(method: str) -> Callable[[RerankInputs], SpatialVerification]:
+    """The registry factory of spatial verification with ``method`` keypoints."""
+
+    def factory(inputs: RerankInputs) -> SpatialVerification:
+        return SpatialVerification(inputs.query_set, inputs.gallery_set, method, inputs.top, inputs.options)
+
+    factory.__doc__ = f"spatial verification of the short list with {method.upper()} keypoints and RANSAC"
+    return factory
+
+
+for _method in ("surf", "sift"):
+    RERANKERS.register(_method, _spatial(_method))

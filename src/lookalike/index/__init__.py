@@ -1,6 +1,15 @@
 """Indexes: backends behind one protocol, and saved gallery indexes with incremental updates."""
 
-from .backends import ExactIndex, FaissIndex, VectorIndex, create_backend, resolve_backend
+from .backends import (
+    ExactIndex,
+    FaissIndex,
+    VectorIndex,
+    backend_file,
+    create_backend,
+    load_backend,
+    register_backend,
+    resolve_backend,
+)
 from .store import AddReport, GalleryIndex, build_index, is_index
 
 __all__ = [
@@ -9,8 +18,11 @@ __all__ = [
     "FaissIndex",
     "GalleryIndex",
     "VectorIndex",
+    "backend_file",
     "build_index",
     "create_backend",
     "is_index",
+    "load_backend",
+    "register_backend",
     "resolve_backend",
 ]

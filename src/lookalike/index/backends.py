@@ -1,63 +1,255 @@
 """Vector index backends behind one protocol: exact (blocked matmul, NumPy or torch) and FAISS.
 
-Every backend stores int64 ids chosen by the caller, answers ``search`` with (ids, scores) best
-first (cosine similarity, or Euclidean distance), and saves to / loads from one file.
+Every backend stores int64 ids chosen by the caller and answers ``search`` with (ids, scores)
+best first (cosine similarity, or Euclidean distance). A backend is one class implementing
+:class:`VectorIndex` plus one :func:`register_backend` call; specs (``exact``, ``faiss:HNSW32``,
+the short names and ``auto``) are resolved through that table. A saved index keeps the spec in
+its manifest and whatever files the backend's ``save`` wrote (none for ``exact``, which
+searches the index's own vectors; ``backend-<g>.bin`` for FAISS).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ..cache import atomic_write
 from ..errors import InputError
+from ..fileio import atomic_write
+from ..registry import Entry, Registry
 from ..search import METRICS, topk
 
 AUTO_EXACT_LIMIT = 200_000  # above this many vectors, `auto` picks an approximate index
+BACKEND_FILE_SUFFIXES = ("bin", "npy", "npz", "json")  # the names an index folder's cleanup knows
+
+
+def backend_file(folder: Path, generation: int, suffix: str = "bin") -> Path:
+    """Where a backend saves its data for ``generation``: ``backend-<g>.<suffix>``. Backends write
+    only such files, so the index replaces and cleans them up with the rest of a generation."""
+    if suffix not in BACKEND_FILE_SUFFIXES:
+        raise ValueError(f"backend files end in {', '.join(BACKEND_FILE_SUFFIXES)}, not {suffix!r}")
+    return Path(folder) / f"backend-{generation}.{suffix}"
 
 
 class VectorIndex(Protocol):
-    """What every backend answers: add, search, remove, len, save (load is a classmethod)."""
+    """What every backend implements; the index store calls nothing else.
 
+    ``spec`` is the resolved spec written to the manifest (``load`` gets it back); ``dim`` and
+    ``metric`` are what it was created for. ``shares_vectors`` is True for a backend that searches
+    the arrays it is filled with in place, keeping no copy of its own (``exact``): the store then
+    refills it with the index's vectors after each change instead of adding or removing.
+    Subclassing this protocol explicitly inherits ``shares_vectors = False`` and ``fill`` as
+    ``clear`` + ``add``.
+    """
+
+    spec: str
     dim: int
     metric: str
-    spec: str
+    shares_vectors: bool = False
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None: ...
+    @classmethod
+    def create(cls, spec: str, dim: int, metric: str, n_vectors: int, device: str = "cpu") -> VectorIndex:
+        """A new empty backend for a resolved ``spec``, sized for about ``n_vectors``."""
+        ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        folder: Path,
+        generation: int,
+        dim: int,
+        metric: str,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        device: str = "cpu",
+    ) -> VectorIndex:
+        """The backend ``save(folder, generation)`` wrote. ``vectors`` (a read-only memory map) and
+        ``ids`` are what the index stores for that generation, in its order."""
+        ...
 
-    def remove(self, ids: np.ndarray) -> None: ...
+    def save(self, folder: Path, generation: int) -> list[Path]:
+        """Write this backend's data for ``generation`` into ``folder`` (as :func:`backend_file`
+        names, each atomically) and return the files written: ``[]`` when it needs none."""
+        ...
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add (n, dim) vectors under new ids (an untrained index trains on them first)."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop the vectors with these ids; unknown ids are ignored."""
+        ...
+
+    def clear(self) -> None:
+        """Drop every vector, keeping what was trained (IVF lists, codebooks, search settings)."""
+        ...
+
+    def fill(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Make ``vectors`` under ``ids`` the whole content (what ``clear`` then ``add`` does)."""
+        self.clear()
+        if len(ids):
+            self.add(vectors, ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (n_queries, k') with k' = min(k, len), best first; an approximate
+        index pads with id -1 where it found fewer."""
+        ...
 
     def __len__(self) -> int: ...
 
-    def save(self, path: Path) -> None: ...
+
+# ---------------------------------------------------------------------------------- registry
+BACKENDS: Registry[VectorIndex] = Registry("index backend")  # name -> the class; info: argument
+ALIASES: dict[str, str] = {}  # short name -> spec, e.g. "hnsw" -> "faiss:HNSW32"
 
 
-class ExactIndex:
+def _usage(entry: Entry) -> str:
+    argument = entry.info.get("argument")
+    return entry.name if argument is None else f"{entry.name}:<{argument}>"
+
+
+def register_backend(
+    name: str, cls: type[VectorIndex], *, argument: str | None = None, aliases: dict[str, str] | None = None
+) -> type[VectorIndex]:
+    """Make ``cls`` the backend for specs ``name`` (or ``name:<argument>`` when ``argument``
+    describes what follows the colon, e.g. a FAISS factory string); ``aliases`` maps short names to
+    full specs. Returns ``cls``. Registering a name again replaces it (a plug-in may override a
+    built-in, as in every lookalike registry); a backend name and a short name never coincide."""
+    for new, taken in [(name, set(ALIASES)), *((alias, set(BACKENDS.names())) for alias in aliases or {})]:
+        if not new or ":" in new or new == "auto" or new in taken:
+            raise ValueError(
+                f"backend name {new!r} is reserved, a short name of another kind, or not a plain name"
+            )
+    BACKENDS.register(name, cls, argument=argument)
+    for alias, spec in (aliases or {}).items():
+        ALIASES[alias] = spec
+    return cls
+
+
+def _registration(spec: str) -> Entry | None:
+    name, colon, argument = spec.partition(":")
+    if name not in BACKENDS:
+        return None
+    entry = BACKENDS.get(name)
+    takes_argument = entry.info.get("argument") is not None
+    if takes_argument != (colon != "") or (colon and not argument):
+        return None
+    return entry
+
+
+def _known_specs() -> str:
+    bare = [_usage(e) for e in BACKENDS if e.info.get("argument") is None]
+    with_argument = [_usage(e) for e in BACKENDS if e.info.get("argument") is not None]
+    names = ["auto", *bare, *ALIASES, *with_argument]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def resolve_backend(spec: str, n_vectors: int) -> str:
+    """Turn ``auto`` / short names into a registered backend spec, e.g. ``exact`` or ``faiss:<factory>``."""
+    resolved = spec
+    if resolved == "auto":  # IVF over 8-bit codes: recall 0.997 at 3,700 q/s for 1M x 512 in BENCHMARKS.md
+        resolved = "exact" if n_vectors <= AUTO_EXACT_LIMIT else "ivfsq8"
+    resolved = ALIASES.get(resolved, resolved)
+    if _registration(resolved) is None:
+        raise InputError(f"unknown index backend {spec!r}; use {_known_specs()}")
+    return resolved
+
+
+def create_backend(spec: str, dim: int, metric: str, n_vectors: int, device: str = "cpu") -> VectorIndex:
+    """A new empty backend for ``spec`` (see :func:`resolve_backend`), sized for ``n_vectors``."""
+    resolved = resolve_backend(spec, n_vectors)
+    return _registration(resolved).factory.create(resolved, dim, metric, n_vectors, device)
+
+
+def load_backend(
+    spec: str,
+    folder: Path,
+    generation: int,
+    dim: int,
+    metric: str,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    device: str = "cpu",
+) -> VectorIndex:
+    """Load the backend that ``save(folder, generation)`` wrote for a manifest's ``spec``."""
+    entry = _registration(spec)
+    if entry is None:
+        raise InputError(
+            f"index backend {spec!r} is not available here (registered: {', '.join(BACKENDS.names())}); "
+            "import the plug-in that provides it (e.g. name it in $LOOKALIKE_PLUGINS)"
+        )
+    return entry.factory.load(spec, Path(folder), generation, dim, metric, vectors, ids, device)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"expected vectors of shape (n, {dim}), got {vectors.shape}")
+    return vectors
+
+
+def _empty_result(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((n_queries, 0), np.int64), np.zeros((n_queries, 0), np.float32)
+
+
+# ------------------------------------------------------------------------------------- exact
+class ExactIndex(VectorIndex):
     """Exact top-k by blocked matrix products; ties by insertion order. ``device='cuda'`` runs
-    the products on the GPU with torch, then rescores the shortlist exactly on the CPU."""
+    the products on the GPU with torch, then rescores the shortlist exactly on the CPU.
+
+    It searches the arrays it is filled with in place (a memory map works) and so saves nothing:
+    a saved index's vectors are its data, handed back to ``load``."""
 
     spec = "exact"
+    shares_vectors = True
 
     def __init__(self, dim: int, metric: str = "cosine", device: str = "cpu") -> None:
-        if metric not in METRICS:
-            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        _check_metric(metric)
         self.dim, self.metric, self.device = dim, metric, device
-        self._vectors = np.zeros((0, dim), dtype=np.float32)
-        self._ids = np.zeros(0, dtype=np.int64)
+        self.clear()
+
+    @classmethod
+    def create(cls, spec: str, dim: int, metric: str, n_vectors: int, device: str = "cpu") -> ExactIndex:
+        return cls(dim, metric, device)
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        folder: Path,
+        generation: int,
+        dim: int,
+        metric: str,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        device: str = "cpu",
+    ) -> ExactIndex:
+        index = cls(dim, metric, device)
+        index.fill(vectors, ids)
+        return index
+
+    def save(self, folder: Path, generation: int) -> list[Path]:
+        return []
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def assign(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+    def fill(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Take these arrays as the whole content, without copying (a memory map works)."""
         if vectors.shape != (len(ids), self.dim):
             raise InputError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
         self._vectors, self._ids = vectors, np.asarray(ids, dtype=np.int64)
+
+    def clear(self) -> None:
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         vectors = _check_vectors(vectors, self.dim)
@@ -71,24 +263,12 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = _check_vectors(queries, self.dim)
         if len(self._ids) == 0:
-            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+            return _empty_result(len(queries))
         if self.device != "cpu":
             rows, scores = _torch_topk(queries, self._vectors, k, self.metric, self.device)
         else:
             rows, scores = topk(queries, self._vectors, k, self.metric)
         return self._ids[rows], scores
-
-    def save(self, path: Path) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, vectors=self._vectors, ids=self._ids)
-        atomic_write(path, lambda h: h.write(buffer.getvalue()))
-
-    @classmethod
-    def load(cls, path: Path, dim: int, metric: str, device: str = "cpu") -> ExactIndex:
-        index = cls(dim, metric, device)
-        with np.load(path, allow_pickle=False) as data:
-            index.assign(data["vectors"], data["ids"])
-        return index
 
 
 def _torch_topk(
@@ -116,28 +296,69 @@ def _torch_topk(
     return rows, (exact if metric == "cosine" else -exact).astype(np.float32)
 
 
-class FaissIndex:
+# ------------------------------------------------------------------------------------- FAISS
+class FaissIndex(VectorIndex):
     """A FAISS index described by a factory string ("Flat", "IVF1024,PQ64", "HNSW32", ...).
 
     Cosine uses inner product on the (normalised) vectors; euclidean uses L2 and reports
     distances. Ids live in an IndexIDMap2; HNSW, which cannot delete, is rebuilt on remove from
     the vectors it still holds. Untrained indexes train on the first vectors they are given.
+    Saved as ``backend-<g>.bin`` (FAISS's own serialisation); ``fill`` is ``clear`` + ``add``.
     """
+
+    shares_vectors = False
 
     def __init__(self, dim: int, metric: str = "cosine", factory: str = "Flat") -> None:
         faiss = _faiss()
-        if metric not in METRICS:
-            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-        self.dim, self.metric, self.factory = dim, metric, factory
-        self.spec = f"faiss:{factory}"
-        self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+        _check_metric(metric)
+        self._setup(dim, metric, factory)
         try:
             self.index = faiss.IndexIDMap2(faiss.index_factory(dim, factory, self._faiss_metric))
         except RuntimeError as exc:
             raise InputError(f"FAISS cannot build {factory!r}: {str(exc).splitlines()[-1]}") from None
+        self._default_search_params()
+
+    def _setup(self, dim: int, metric: str, factory: str) -> None:
+        self.dim, self.metric, self.factory = dim, metric, factory
+        self.spec = f"faiss:{factory}"
+        self._faiss_metric = _faiss().METRIC_INNER_PRODUCT if metric == "cosine" else _faiss().METRIC_L2
         self.nprobe: int | None = None
         self.ef_search: int | None = None
-        self._default_search_params()
+
+    @classmethod
+    def create(cls, spec: str, dim: int, metric: str, n_vectors: int, device: str = "cpu") -> FaissIndex:
+        """``faiss:<factory>``; ``{nlist}`` and ``{m}`` in the factory are sized for ``n_vectors``."""
+        factory = spec.removeprefix("faiss:")
+        if "{nlist}" in factory or "{m}" in factory:
+            nlist = int(max(1, min(65_536, 4 * np.sqrt(max(n_vectors, 1)))))
+            nlist = min(nlist, max(1, n_vectors // 39))
+            m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+            factory = factory.format(nlist=nlist, m=m)
+        return cls(dim, metric, factory)
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        folder: Path,
+        generation: int,
+        dim: int,
+        metric: str,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        device: str = "cpu",
+    ) -> FaissIndex:
+        index = cls.__new__(cls)
+        index._setup(dim, metric, spec.removeprefix("faiss:"))
+        data = np.fromfile(backend_file(folder, generation), dtype=np.uint8)
+        index.index = _faiss().deserialize_index(data)
+        return index
+
+    def save(self, folder: Path, generation: int) -> list[Path]:
+        path = backend_file(folder, generation)
+        data = _faiss().serialize_index(self.index).tobytes()
+        atomic_write(path, lambda h: h.write(data))
+        return [path]
 
     def _default_search_params(self) -> None:
         """Search settings that FAISS serialises with the index: IVF probes 1/128 of its lists
@@ -195,7 +416,6 @@ class FaissIndex:
         self.index = fresh.index
 
     def clear(self) -> None:
-        """Drop every vector but keep what was trained (IVF lists, codebooks, search settings)."""
         self.index.reset()
 
     def _tune(self) -> None:
@@ -210,25 +430,11 @@ class FaissIndex:
         self._tune()
         k = min(k, len(self))
         if k == 0:
-            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+            return _empty_result(len(queries))
         scores, ids = self.index.search(queries, k)
         if self.metric == "euclidean":
             scores = np.sqrt(np.maximum(scores, 0.0))
         return ids.astype(np.int64), scores.astype(np.float32)
-
-    def save(self, path: Path) -> None:
-        data = _faiss().serialize_index(self.index).tobytes()
-        atomic_write(path, lambda h: h.write(data))
-
-    @classmethod
-    def load(cls, path: Path, dim: int, metric: str, factory: str) -> FaissIndex:
-        faiss = _faiss()
-        index = cls.__new__(cls)
-        index.dim, index.metric, index.factory, index.spec = dim, metric, factory, f"faiss:{factory}"
-        index._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-        index.index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        index.nprobe = index.ef_search = None
-        return index
 
 
 def _faiss():
@@ -239,48 +445,16 @@ def _faiss():
     return faiss
 
 
-def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise InputError(f"expected vectors of shape (n, {dim}), got {vectors.shape}")
-    return vectors
-
-
-def resolve_backend(spec: str, n_vectors: int) -> str:
-    """Turn ``auto`` / short names into a backend spec: ``exact`` or ``faiss:<factory>``."""
-    named = {
+register_backend("exact", ExactIndex)
+register_backend(
+    "faiss",
+    FaissIndex,
+    argument="factory string",
+    aliases={
         "flat": "faiss:Flat",
         "hnsw": "faiss:HNSW32",
         "hnswsq8": "faiss:HNSW32,SQ8",
         "ivfpq": "faiss:IVF{nlist},PQ{m}",
         "ivfsq8": "faiss:IVF{nlist},SQ8",
-    }
-    if spec == "auto":  # IVF over 8-bit codes: recall 0.997 at 3,700 q/s for 1M x 512 in BENCHMARKS.md
-        spec = "exact" if n_vectors <= AUTO_EXACT_LIMIT else "ivfsq8"
-    spec = named.get(spec, spec)
-    if spec == "exact" or spec.startswith("faiss:"):
-        return spec
-    raise InputError(
-        f"unknown index backend {spec!r}; use auto, exact, {', '.join(named)} or faiss:<factory string>"
-    )
-
-
-def create_backend(spec: str, dim: int, metric: str, n_vectors: int, device: str = "cpu") -> VectorIndex:
-    """A new empty backend for ``spec`` (see :func:`resolve_backend`), sized for ``n_vectors``."""
-    spec = resolve_backend(spec, n_vectors)
-    if spec == "exact":
-        return ExactIndex(dim, metric, device)
-    factory = spec.removeprefix("faiss:")
-    if "{nlist}" in factory or "{m}" in factory:
-        nlist = int(max(1, min(65_536, 4 * np.sqrt(max(n_vectors, 1)))))
-        nlist = min(nlist, max(1, n_vectors // 39))
-        m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
-        factory = factory.format(nlist=nlist, m=m)
-    return FaissIndex(dim, metric, factory)
-
-
-def load_backend(spec: str, path: Path, dim: int, metric: str, device: str = "cpu") -> VectorIndex:
-    """Load a backend saved by ``save``."""
-    if spec == "exact":
-        return ExactIndex.load(path, dim, metric, device)
-    return FaissIndex.load(path, dim, metric, spec.removeprefix("faiss:"))
+    },
+)

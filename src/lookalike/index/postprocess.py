@@ -8,80 +8,24 @@ so it is recomputed over the whole gallery whenever the index changes.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
-from ..postprocess import PCAWhitening, check_whiten_dim
-from ..rerank import database_augmentation
-
-log = logging.getLogger("lookalike")
-LARGE_DBA = 200_000  # above this many vectors, DBA's exact k-NN over the gallery gets a warning
+from ..postprocess import PCAWhitening, Postprocess
 
 
 @dataclass
-class IndexPostprocess:
-    """The gallery-side steps of an index, in order: whitening (``whiten``, ``whiten_dim``),
-    then DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 = off)."""
-
-    whiten: bool = False
-    whiten_dim: int | None = None
-    dba: int = 0
-    alpha: float = 3.0
-    whitening: PCAWhitening | None = None
+class IndexPostprocess(Postprocess):
+    """The gallery-side steps stored with an index: whitening (``whiten``, ``whiten_dim``), then
+    DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 = off). Query expansion
+    needs the query, so it stays a search-time step."""
 
     def __post_init__(self) -> None:
-        if self.dba < 0:
-            raise InputError(f"DBA k must be 0 (off) or positive, got {self.dba}")
-        if self.whiten_dim is not None and not self.whiten:
-            raise InputError("--whiten-dim needs --whiten")
-        if self.whiten_dim is not None and self.whiten_dim < 1:
-            raise InputError(f"whitening dimension must be positive, got {self.whiten_dim}")
-
-    def check(self, feature_dim: int) -> None:
-        """Refuse options the model's features cannot satisfy, before anything is extracted."""
-        check_whiten_dim(self.whiten_dim, feature_dim)
-
-    @property
-    def active(self) -> bool:
-        return self.whiten or self.dba > 0
-
-    def fit(self, raw: np.ndarray) -> IndexPostprocess:
-        """Fit the whitening on the gallery's raw vectors (DBA has nothing to fit)."""
-        if self.whiten:
-            self.whitening = PCAWhitening(self.whiten_dim).fit(np.asarray(raw))
-        return self
-
-    def queries(self, x: np.ndarray) -> np.ndarray:
-        """Query vectors in the index's space (whitened when the gallery is; DBA is gallery-only)."""
-        if not self.whiten:
-            return x
-        if self.whitening is None:
-            raise InputError("index whitening used before it was fitted")
-        return self.whitening.transform(x)
-
-    def gallery(self, raw: np.ndarray, dim: int | None = None) -> np.ndarray:
-        """The searchable vectors of the whole gallery (``dim`` columns when it is empty)."""
-        raw = np.asarray(raw, dtype=np.float32)
-        if not len(raw):
-            out_dim = dim if dim is not None else self.output_dim(raw.shape[1])
-            return np.zeros((0, out_dim), dtype=np.float32)
-        x = self.queries(raw)
-        if self.dba:
-            if len(x) > LARGE_DBA:
-                log.warning("DBA over %d vectors: an exact k-NN of the whole gallery, this takes a while", len(x))
-            x = database_augmentation(x, min(self.dba, len(x)), self.alpha)
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def output_dim(self, input_dim: int) -> int:
-        """The dimension of processed vectors."""
-        if self.whitening is not None and self.whitening.projection is not None:
-            return int(self.whitening.projection.shape[1])
-        return input_dim
+        super().__post_init__()
+        if self.qe:
+            raise InputError("query expansion (--qe) is a search-time step; it is not stored with an index")
 
     def describe(self) -> dict[str, Any]:
         """What is stored, as recorded in the manifest and in search outputs."""

@@ -6,7 +6,7 @@ moment leaves the previous complete generation in force)::
     my.index/lookalike-index.json   manifest: format, version, generation, model, metric, backend
     my.index/items-<g>.json         one entry per vector: path (relative to root), file key, sha1, label
     my.index/vectors-<g>.npy        (n, d) float32, row i belongs to items[i]
-    my.index/backend-<g>.bin        the FAISS index (none for the exact backend: it uses vectors)
+    my.index/backend-<g>.bin        what the backend saves (FAISS: its index; exact: nothing, it uses vectors)
     my.index/searchable-<g>.npy     with --whiten/--dba: the processed vectors the backend searches
     my.index/whitening-<g>.npz      with --whiten: the PCA whitening fitted on the gallery
     my.index/partial/               vectors of a build in progress (resumable), removed when done
@@ -41,7 +41,7 @@ from ..features import Extractor, create_extractor
 from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text
 from ..images import ImageSet
 from ..search import topk
-from .backends import ExactIndex, VectorIndex, create_backend, load_backend
+from .backends import VectorIndex, create_backend, load_backend
 from .postprocess import IndexPostprocess
 
 MANIFEST = "lookalike-index.json"
@@ -70,9 +70,12 @@ def is_index(path: str | Path) -> bool:
 
 @dataclass
 class GalleryIndex:
-    """Vectors of a gallery with their items, the model that made them, and a search backend."""
+    """Vectors of a gallery with their items, the model that made them, and a search backend.
 
-    folder: Path
+    ``folder`` is where it is saved; None for an index built in memory by :meth:`from_embeddings`
+    until ``save(folder)`` gives it one."""
+
+    folder: Path | None
     root: Path
     model: dict[str, Any]
     metric: str
@@ -123,12 +126,14 @@ class GalleryIndex:
             if searchable is not None and len(searchable) != len(items):
                 raise ValueError(f"{len(searchable)} processed vectors for {len(items)} items")
             search_dim = manifest.get("search_dim", manifest["dim"])
-            if manifest["backend"] == "exact":
-                backend = ExactIndex(search_dim, manifest["metric"], device)
-                backend.assign(vectors if searchable is None else searchable, ids)
-            else:
-                path = folder / f"backend-{g}.bin"
-                backend = load_backend(manifest["backend"], path, search_dim, manifest["metric"])
+            stored = vectors if searchable is None else searchable
+            backend = load_backend(
+                manifest["backend"], folder, g, search_dim, manifest["metric"], stored, ids, device
+            )
+            if len(backend) != len(items):
+                raise ValueError(f"the {manifest['backend']} backend holds {len(backend)} vectors for {len(items)} items")
+        except InputError as exc:  # e.g. a backend that is not registered in this process
+            raise InputError(f"{folder}: {exc}") from None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise InputError(f"{folder}: index files are damaged or missing ({exc})") from None
         return cls(
@@ -144,6 +149,51 @@ class GalleryIndex:
             post,
             searchable,
         )
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        vectors: np.ndarray,
+        names: list[str],
+        labels: list[str] | None = None,
+        *,
+        model: Extractor | dict[str, Any] | None = None,
+        metric: str = "cosine",
+        root: str | Path | None = None,
+        backend: str = "exact",
+        device: str = "cpu",
+    ) -> GalleryIndex:
+        """An index held in memory, without a folder: ``vectors[i]`` is the image ``names[i]``
+        (relative to ``root``, the gallery folder, when there is one), with ``labels[i]``.
+
+        ``model`` is the extractor that made the vectors, or its ``describe()``; without one the
+        index can be searched but not added to. The backend is filled with ``vectors`` (the exact
+        one searches them in place); ``save(folder)`` writes it as a regular index."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(names):
+            raise InputError(f"expected {len(names)} vectors, one per name, got an array of shape {vectors.shape}")
+        if labels is not None and len(labels) != len(names):
+            raise InputError(f"{len(labels)} labels for {len(names)} images")
+        dim = vectors.shape[1]
+        if isinstance(model, Extractor):
+            described = model.describe()
+        else:
+            described = dict(model) if model is not None else {"name": None, "options": {}}
+        described.setdefault("dim", dim)
+        if described["dim"] != dim:
+            raise InputError(f"the model gives {described['dim']}-d features, the vectors are {dim}-d")
+        items = [{"id": i, "path": str(name)} for i, name in enumerate(names)]
+        if labels is not None:
+            for item, label in zip(items, labels, strict=True):
+                item["label"] = label
+        search_backend = create_backend(backend, dim, metric, len(vectors), device)
+        search_backend.fill(vectors, np.arange(len(vectors), dtype=np.int64))
+        gallery = Path(root).resolve() if root is not None else None
+        index = cls(None, gallery or Path("."), described, metric, search_backend, vectors, items)
+        index._gallery = gallery
+        if isinstance(model, Extractor):
+            index._extractor = model
+        return index
 
     def __len__(self) -> int:
         return len(self.items)
@@ -167,7 +217,13 @@ class GalleryIndex:
         return self.vectors if self.searchable is None else self.searchable
 
     def extractor(self) -> Extractor:
-        """Rebuild the extractor that made the vectors, from the saved name and options."""
+        """Rebuild the extractor that made the vectors, from the saved name and options (an index
+        made in memory from an extractor's vectors returns that extractor)."""
+        given = getattr(self, "_extractor", None)
+        if given is not None:
+            return given
+        if self.model.get("name") is None:
+            raise InputError("this index was made from vectors without their model: it cannot embed images")
         extractor = create_extractor(self.model["name"], **self.model["options"])
         if extractor.key != _model_key(self.model):
             raise InputError(
@@ -224,20 +280,40 @@ class GalleryIndex:
         return hits / exact.size
 
     def disk_bytes(self) -> int:
+        """Bytes of the generation in force on disk (0 for an index that is only in memory)."""
+        if self.folder is None:
+            return 0
         g = self.generation
-        files = [
-            self.folder / MANIFEST,
-            self.folder / f"vectors-{g}.npy",
-            self.folder / f"items-{g}.json",
-            self.folder / f"backend-{g}.bin",
-            self.folder / f"searchable-{g}.npy",
-            self.folder / f"whitening-{g}.npz",
-        ]
+        files = [self.folder / MANIFEST, *(self.folder / stem.format(g) for stem in GENERATION_FILES)]
+        files += [p for p in self.folder.glob(f"backend-{g}.*") if p not in files]  # a backend's own suffix
         return sum(p.stat().st_size for p in files if p.is_file())
 
     # ------------------------------------------------------------------ writing
-    def save(self) -> None:
-        """Write a new generation atomically, then drop the previous one."""
+    def _settle_in(self, folder: Path) -> None:
+        """Give an in-memory index the folder ``save(folder)`` names: a new or empty one, never in
+        its gallery (the checks of :func:`check_index_output`). A saved index stays where it is."""
+        if self.folder is not None:
+            if os.path.realpath(folder) != os.path.realpath(self.folder):
+                raise InputError(f"{folder}: this index is saved in {self.folder}; it is written only there")
+            return
+        gallery = getattr(self, "_gallery", None)
+        check_index_output(folder, ImageSet([], self.root, None, str(gallery) if gallery is not None else ""))
+        if folder.is_dir() and any(folder.iterdir()):
+            raise InputError(f"{folder}: not empty; an index made in memory is saved only into a new or empty folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    def save(self, folder: str | Path | None = None) -> None:
+        """Write a new generation atomically, then drop the previous one. An index made in memory
+        (:meth:`from_embeddings`) is saved only when ``folder`` names a new or empty folder for it,
+        which it then lives in."""
+        if folder is not None:
+            self._settle_in(Path(folder))
+        if self.folder is None:
+            raise InputError(
+                "this index is only in memory (GalleryIndex.from_embeddings): "
+                "give save() a new or empty folder to write it to"
+            )
         old, g = self.generation, self.generation + 1
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         buffer = io.BytesIO()
@@ -245,8 +321,7 @@ class GalleryIndex:
         atomic_write(self.folder / f"vectors-{g}.npy", lambda h: h.write(buffer.getvalue()))
         items = json_text(self.items, indent=None).encode("utf-8")
         atomic_write(self.folder / f"items-{g}.json", lambda h: h.write(items))
-        if self.backend.spec != "exact":
-            self.backend.save(self.folder / f"backend-{g}.bin")
+        _check_backend_files(self.backend, self.folder, g, self.backend.save(self.folder, g))
         if self.searchable is not None:
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(self.searchable, dtype=np.float32))
@@ -404,8 +479,8 @@ class GalleryIndex:
         if self.searchable is not None:
             added = self.post.gallery(added)
             self.searchable = np.vstack([np.asarray(self.searchable), added])
-        if isinstance(self.backend, ExactIndex):
-            self.backend.assign(self.search_vectors, self._ids())
+        if self.backend.shares_vectors:  # it searches the index's own arrays: hand it the grown ones
+            self.backend.fill(self.search_vectors, self._ids())
         else:
             self.backend.add(added, ids)
 
@@ -422,8 +497,8 @@ class GalleryIndex:
             return
         if self.searchable is not None:
             self.searchable = np.asarray(self.searchable)[keep]
-        if isinstance(self.backend, ExactIndex):
-            self.backend.assign(self.search_vectors, self._ids())
+        if self.backend.shares_vectors:
+            self.backend.fill(self.search_vectors, self._ids())
         else:
             self.backend.remove(np.array(ids, dtype=np.int64))
 
@@ -431,12 +506,7 @@ class GalleryIndex:
         """Recompute the processed vectors (frozen whitening, fresh DBA) and refill the backend,
         which keeps its training (IVF lists, codebooks), so a gallery that shrank still fits."""
         self.searchable = self.post.gallery(np.asarray(self.vectors), dim=self.backend.dim)
-        if isinstance(self.backend, ExactIndex):
-            self.backend.assign(self.searchable, self._ids())
-            return
-        self.backend.clear()
-        if len(self.items):
-            self.backend.add(self.searchable, self._ids())
+        self.backend.fill(self.searchable, self._ids())
 
     def _ids(self) -> np.ndarray:
         return np.array([it["id"] for it in self.items], dtype=np.int64)
@@ -463,6 +533,20 @@ def _name_in_root(path: Path, root: Path) -> str:
         return resolved.relative_to(root.resolve()).as_posix()
     except ValueError:
         return resolved.as_posix()
+
+
+def _check_backend_files(backend: VectorIndex, folder: Path, generation: int, written: list[Path]) -> None:
+    """A backend saves only ``backend-<g>.<suffix>`` files of this generation (what
+    :func:`~lookalike.index.backends.backend_file` names), so that switching generations and
+    :func:`clean_leftovers` replace and remove them like the index's own; checked before the
+    manifest switches, so a backend that breaks the rule leaves the previous generation in force."""
+    for path in written:
+        match = _GENERATION_FILE.match(Path(path).name)
+        ours = match is not None and match.group(1) == "backend" and int(match.group(2)) == generation
+        if Path(path).parent != folder or not ours:
+            raise ValueError(
+                f"backend {backend.spec!r} wrote {path}; backends save only backend_file(folder, {generation}) names"
+            )
 
 
 def clean_leftovers(folder: Path, generation: int) -> list[Path]:
@@ -669,11 +753,7 @@ def _build(
     searchable = post.fit(vectors).gallery(vectors) if post.active else None
     search_vectors = vectors if searchable is None else searchable
     index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))
-    ids = np.arange(len(vectors), dtype=np.int64)
-    if isinstance(index_backend, ExactIndex):
-        index_backend.assign(search_vectors, ids)
-    else:
-        index_backend.add(search_vectors, ids)
+    index_backend.fill(search_vectors, np.arange(len(vectors), dtype=np.int64))
     index = GalleryIndex(
         out, images.root.resolve(), extractor.describe(), metric, index_backend, vectors, items,
         generation=replaces or 0, post=post, searchable=searchable,

@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import types
 import typing
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import cv2
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..registry import Registry
 from .keypoints import Features, Keypoints
 from .surf import SurfOptions, surf
 
@@ -222,44 +222,19 @@ def _strongest(kp: Keypoints, desc: np.ndarray, n: int) -> tuple[Keypoints, np.n
     return kp.subset(order), desc[order]
 
 
-_REGISTRY: dict[str, type[Detector]] = {"surf": SurfDetector, "sift": SiftDetector, "orb": OrbDetector}
+DETECTORS: Registry[Detector] = Registry("local-feature method")
+DETECTORS.register("surf", SurfDetector)
+DETECTORS.register("sift", SiftDetector)
+DETECTORS.register("orb", OrbDetector)
 if hasattr(cv2, "AKAZE_create"):
-    _REGISTRY["akaze"] = AkazeDetector
+    DETECTORS.register("akaze", AkazeDetector)
 
 
 def available_methods() -> tuple[str, ...]:
     """The local-feature methods this installation offers: surf, sift, orb (+ akaze when OpenCV has it)."""
-    return tuple(_REGISTRY)
+    return DETECTORS.names()
 
 
 def create_detector(name: str, **options: Any) -> Detector:
     """The detector called ``name`` with ``options`` (its dataclass fields; None means default)."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise InputError(f"unknown local-feature method {name!r}; choose one of {', '.join(_REGISTRY)}")
-    known = {f.name: f for f in fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in known:
-            raise InputError(f"{name}: unknown option {key!r}; options are {', '.join(sorted(known))}")
-        kwargs[key] = _coerce(name, key, value, hints[key])
-    return cls(**kwargs)
-
-
-def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
-    """``value`` as the option's declared type (int, float, bool, or int | None), or an InputError."""
-    if isinstance(hint, types.UnionType):
-        if value is None:
-            return None
-        hint = next(t for t in typing.get_args(hint) if t is not type(None))
-    ok = (
-        (hint is bool and isinstance(value, bool))
-        or (hint is int and isinstance(value, int | np.integer) and not isinstance(value, bool))
-        or (hint is float and isinstance(value, int | float | np.number) and not isinstance(value, bool))
-    )
-    if not ok:
-        raise InputError(f"{method}: option {key} must be {hint.__name__}, got {value!r}")
-    return hint(value)
+    return DETECTORS.create(name, **options)

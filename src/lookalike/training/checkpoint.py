@@ -1,8 +1,10 @@
-"""Checkpoint files of trained models, and the Extractor that searches with one.
+"""Writing the checkpoint files of trained models.
 
 A checkpoint is a plain ``torch.save`` dict (loadable with ``weights_only=True``): the method, its
 resolved options, the number and names of the classes, the preprocessing and the state dict, so
-the network can be rebuilt without the training data or any pretrained weights.
+the network can be rebuilt without the training data or any pretrained weights. Reading one back
+(``read_checkpoint``, ``rebuild``, ``load_checkpoint_extractor``) lives with the features, in
+``lookalike.features.checkpoint``; those names are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ import torch
 
 from .. import __version__
 from ..cache import atomic_write
-from ..errors import InputError, WeightsUnavailableError
-from ..features.base import FEATURE_VERSION, Extractor, FeatureNet, Preprocess, file_identity
-from .methods import build_model
+from ..features.base import FEATURE_VERSION, Preprocess
+from ..features.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint_extractor, read_checkpoint, rebuild
 from .models import TrainableModel
 
-FORMAT = "lookalike-train"
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "checkpoint_meta",
+    "feature_dim",
+    "load_checkpoint_extractor",
+    "read_checkpoint",
+    "rebuild",
+    "save_checkpoint",
+]
 
 
 def checkpoint_meta(
@@ -49,54 +58,6 @@ def save_checkpoint(path: Path, meta: dict[str, Any], **content: Any) -> None:
     """Write ``meta`` plus ``content`` (state dicts, history...) to ``path`` atomically."""
     payload = {**meta, **content}
     atomic_write(path, lambda handle: torch.save(payload, handle))
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``lookalike train``, or raise a message saying what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(
-            f"{path}: not a checkpoint written by `lookalike train` (for a plain weights file use "
-            "a model name with --weights FILE)"
-        )
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(f"{path}: written by a newer lookalike (checkpoint format {data['format_version']})")
-    return data
-
-
-def rebuild(data: dict[str, Any]) -> tuple[TrainableModel, Preprocess]:
-    """The trained network of a checkpoint, with its weights, in eval mode."""
-    model, _ = build_model(data["method"], data["model_options"], int(data["n_classes"]), pretrained=False)
-    model.load_state_dict(data["state_dict"])
-    pre = data["preprocess"]
-    preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
-    return model.eval(), preprocess
-
-
-def load_checkpoint_extractor(path: str | Path, **options: Any) -> Extractor:
-    """An Extractor computing a trained model's features from ``RUN_DIR/best.pt``.
-
-    Its name is the checkpoint's absolute path (so indexes and workers can rebuild it through
-    ``create_extractor``), and its key follows the file's content.
-    """
-    if options:
-        raise InputError(
-            f"{path}: a trained checkpoint takes no model options (got {', '.join(sorted(options))})"
-        )
-    data = read_checkpoint(path)
-    path = Path(path).resolve()
-    model, preprocess = rebuild(data)
-    module = FeatureNet(model.features(), preprocess).eval()
-    identity = {**file_identity(path), "method": data["method"], "epoch": data.get("epoch")}
-    return Extractor(
-        str(path), module, preprocess, int(data["feature_dim"]), {}, exportable=True, identity=identity
-    )
 
 
 def feature_dim(model: TrainableModel, preprocess: Preprocess) -> int:

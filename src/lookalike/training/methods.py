@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..features.base import Preprocess
+from ..registry import Registry, coerce
 from .data import Augment
 from .models import (
     TrainableModel,
@@ -55,7 +56,7 @@ class MethodSpec:
             raise InputError(
                 f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        given = {k: coerce_option(k, v) for k, v in given.items()}
+        given = {k: coerce_option(k, v, self.name) for k, v in given.items()}
         opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
         opts["image_size"] = _size_pair(opts["image_size"])
         aug = {k: given[k] for k in augment_keys & set(given)}
@@ -64,44 +65,33 @@ class MethodSpec:
 
 
 # The type of every method option, so values given as text (``-O freeze_trunk=false``) mean what they say.
-OPTION_TYPES: dict[str, str] = {
+OPTION_TYPES: dict[str, Any] = {
     **dict.fromkeys(
-        ("trunk", "trunk_weights", "pool", "head", "loss", "features", "backbone", "backbone_weights"), "str"
+        ("trunk", "trunk_weights", "pool", "head", "loss", "features", "backbone", "backbone_weights"), str
     ),
-    **dict.fromkeys(("freeze_trunk", "freeze_backbone", "batch_norm", "flip"), "bool"),
-    **dict.fromkeys(
-        ("hidden", "embed_dim", "pairs_per_epoch", "latent_dim", "dense", "max_per_class"), "int"
-    ),
-    **dict.fromkeys(("margin", "noise_std", "mask", "beta", "dropout", "crop", "jitter", "noise"), "float"),
+    **dict.fromkeys(("freeze_trunk", "freeze_backbone", "batch_norm", "flip"), bool),
+    **dict.fromkeys(("hidden", "embed_dim", "pairs_per_epoch", "latent_dim", "dense", "max_per_class"), int),
+    **dict.fromkeys(("margin", "noise_std", "mask", "beta", "dropout", "crop", "jitter", "noise"), float),
     "channels": "ints",
     "image_size": "size",
 }
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
-def coerce_option(name: str, value: Any) -> Any:
-    """``value`` as the type option ``name`` takes (None stays None), or an InputError saying why not."""
-    kind = OPTION_TYPES.get(name, "any")
-    if value is None or kind in ("any", "size"):
+def coerce_option(name: str, value: Any, method: str = "training") -> Any:
+    """``value`` as the type option ``name`` takes (None stays None), or an InputError saying why
+    not, in the format every registry uses."""
+    kind = OPTION_TYPES.get(name, Any)
+    if value is None or kind in (Any, "size"):
         return value
-    try:
-        if kind == "bool":
-            text = str(value).strip().lower()
-            if text not in _TRUE | _FALSE:
-                raise ValueError
-            return text in _TRUE
-        if kind == "int":
-            if float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if kind == "float":
-            return float(value)
-        if kind == "ints":
+    if kind == "ints":
+        try:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [int(v) for v in items]
-        return str(value)
-    except (TypeError, ValueError):
-        raise InputError(f"option {name}: expected {kind}, got {value!r}") from None
+        except (TypeError, ValueError):
+            raise InputError(
+                f"training method {method!r}: option {name} must be whole numbers (16,32,64), got {value!r}"
+            ) from None
+    return coerce(f"training method {method!r}", name, value, kind)
 
 
 def _size_pair(value: Any) -> tuple[int, int]:
@@ -186,12 +176,21 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def method_spec(name: str) -> MethodSpec:
-    """The MethodSpec called ``name``, or an InputError listing the methods."""
-    spec = METHODS.get(name)
-    if spec is None:
-        raise InputError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+TRAINING_METHODS: Registry[tuple[TrainableModel, Preprocess]] = Registry("training method")
+for _spec in METHODS.values():
+    TRAINING_METHODS.register(_spec.name, _spec.build, description=_spec.description, spec=_spec)
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a training method (its defaults and network builder) for ``train`` and ``lookalike train``."""
+    METHODS[spec.name] = spec
+    TRAINING_METHODS.register(spec.name, spec.build, description=spec.description, spec=spec)
     return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The MethodSpec called ``name``, or the registry's InputError listing the methods."""
+    return TRAINING_METHODS.get(name).info["spec"]
 
 
 def build_model(

@@ -15,15 +15,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
+from ..features.backbones import create_backbone
 from ..features.base import Preprocess
-from ..features.cnn import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, Lite0Trunk, PooledBackbone
 from ..features.pooling import GlobalPool
 from .losses import contrastive_loss, triplet_loss
 
 # Networks trained from scratch see pixels scaled to -1..1.
 SCRATCH_MEAN = (0.5, 0.5, 0.5)
 SCRATCH_STD = (0.5, 0.5, 0.5)
-BACKBONES = ("efficientnet-lite0", "resnet50")
 DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
 
 
@@ -122,33 +121,15 @@ class SmallCNN(nn.Module):
 def pretrained_backbone(
     name: str, *, pretrained: bool, weights: str | None
 ) -> tuple[nn.Module, int, Preprocess]:
-    """An ImageNet trunk with global average pooling, its output size and its own normalisation.
+    """An ImageNet trunk (``features.backbones``) with global average pooling, its output size and
+    its own normalisation; ``weights`` replaces the default ImageNet weights.
 
     ``pretrained=False`` builds the bare architecture (a checkpoint's weights are loaded over it).
     """
-    if name == "efficientnet-lite0":
-        if pretrained:
-            from ..features.cnn import efficientnet_lite0
-
-            body = efficientnet_lite0(weights=weights).module.body
-        else:
-            from efficientnet_lite_pytorch import EfficientNet
-
-            body = PooledBackbone(Lite0Trunk(EfficientNet.from_name("efficientnet-lite0")), GlobalPool("avg"))
-        body.trunk.net._fc = nn.Identity()  # the ImageNet classifier is not used
-        return body, 1280, Preprocess((224, 224), LITE_MEAN, LITE_STD)
-    if name == "resnet50":
-        if pretrained:
-            from ..features.cnn import resnet50
-
-            body = resnet50(weights=weights or "IMAGENET1K_V1").module.body
-        else:
-            from torchvision.models import resnet50 as build
-
-            trunk = nn.Sequential(*list(build(weights=None).children())[:-2])
-            body = PooledBackbone(trunk, GlobalPool("avg"))
-        return body, 2048, Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD)
-    raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    # the ImageNet classifier of EfficientNet-Lite0 is not used
+    options = {"classifier": False} if name == "efficientnet-lite0" else {}
+    backbone = create_backbone(name, pretrained=(weights or True) if pretrained else False, **options)
+    return backbone.pooled("avg"), backbone.channels, backbone.preprocess
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:

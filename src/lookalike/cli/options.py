@@ -1,0 +1,219 @@
+"""Option groups, declared once: each is a set of typer options and how they become one object.
+
+``@uses(CONFIG)`` adds a group's options to a command and hands the command the object they build
+(``config: SearchConfig``), so ``search``, ``evaluate``, ``compare``, ``index build`` and
+``index add`` share the same declarations, defaults and checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import SearchConfig
+from ..errors import InputError
+from ..extract import ExtractOptions
+from ..images import DEFAULT_MAX_PIXELS
+
+
+def _opt(kind: Any, *names: str, **info: Any) -> Any:
+    return Annotated[kind, typer.Option(*names, **info)]
+
+
+MODEL = {
+    "model": (_opt(str | None, "--model", "-m", help="Method (see `lookalike models`); default efficientnet-lite0."), None),
+    "weights": (_opt(Path | None, "--weights", help="Local weights file for the model."), None),
+    "pool": (_opt(str | None, "--pool", help="CNN pooling: avg, gem, mac or spoc."), None),
+    "multiscale": (
+        _opt(bool | None, "--multiscale/--no-multiscale", help="CNN features at scales 1, 1/sqrt(2), 1/2."),
+        None,
+    ),
+    "model_option": (
+        _opt(list[str] | None, "--model-option", "-O", help="Extra model option KEY=VALUE (repeatable)."),
+        None,
+    ),
+    "metric": (_opt(str | None, "--metric", help="cosine (default) or euclidean."), None),
+    "preset": (_opt(str | None, "--preset", help="Named settings (see `lookalike presets`), e.g. copies."), None),
+}
+EXTRACT = {
+    "device": (_opt(str, "--device", help="auto, cpu or cuda."), "auto"),
+    "runtime": (_opt(str, "--runtime", help="auto (ONNX Runtime on CPU), torch or onnx."), "auto"),
+    "batch_size": (_opt(int | None, "--batch-size", min=1, help="Images per batch."), None),
+    "workers": (
+        _opt(int | None, "--workers", min=0, help="DataLoader worker processes (0: decode in-process)."),
+        None,
+    ),
+    "max_pixels": (
+        _opt(int, "--max-pixels", min=1, help="Skip images with more pixels than this."),
+        DEFAULT_MAX_PIXELS,
+    ),
+    "strict": (_opt(bool, "--strict", help="Fail on the first unreadable image."), False),
+    "quiet": (_opt(bool, "--quiet", "-q", help="No progress bars or notes."), False),
+}
+CACHE = {
+    "no_cache": (_opt(bool, "--no-cache", help="Neither read nor write the feature cache."), False),
+    "cache_dir": (_opt(Path | None, "--cache-dir", help="Feature cache folder."), None),
+}
+STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
+    "whiten": (
+        _opt(bool | None, "--whiten/--no-whiten", help="PCA-whiten features (fitted on the gallery)."),
+        None,
+    ),
+    "whiten_dim": (_opt(int | None, "--whiten-dim", min=1, help="Keep this many whitened dimensions."), None),
+    "dba": (_opt(int | None, "--dba", min=0, help="Database-side augmentation with K neighbours; 0 = off."), None),
+    "alpha": (_opt(float | None, "--alpha", help="Similarity exponent of --qe and --dba (default 3)."), None),
+}
+SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
+    "qe": (_opt(int | None, "--qe", min=0, help="Alpha query expansion with K (counting the query); 0 = off."), None),
+    "rerank": (
+        _opt(str | None, "--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift."),
+        None,
+    ),
+    "rerank_top": (
+        _opt(int | None, "--rerank-top", min=1, help="How many top results re-ranking re-orders (default 100)."),
+        None,
+    ),
+}
+LABELS = {
+    "query_labels": (_opt(Path | None, "--query-labels", help="path,label CSV for the queries."), None),
+    "gallery_labels": (_opt(Path | None, "--gallery-labels", help="path,label CSV for the gallery."), None),
+}
+
+
+def _panel(options: dict[str, tuple[Any, Any]], title: str) -> None:
+    """Show a group's options under one heading of ``--help``."""
+    for kind, _default in options.values():
+        for info in getattr(kind, "__metadata__", ()):
+            info.rich_help_panel = title
+
+
+for _options, _title in (
+    (MODEL, "Model"),
+    (EXTRACT, "Reading images"),
+    (CACHE, "Reading images"),
+    (STORED_STEPS, "Refinement"),
+    (SEARCH_STEPS, "Refinement"),
+    (LABELS, "Labels"),
+):
+    _panel(_options, _title)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Options declared once (``name -> (annotated type, default)``) and the object they build;
+    the command receives it as the keyword ``name``."""
+
+    name: str
+    options: dict[str, tuple[Any, Any]]
+    build: Callable[..., Any]
+
+
+def parse_value(text: str) -> Any:
+    """A ``KEY=VALUE`` value as a Python literal when it is one (3, 0.5, True, (1, 2)), else text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def key_values(items: list[str] | None, option: str = "--model-option") -> dict[str, Any]:
+    """``["k=v", ...]`` as a dict, or a one-line error naming the option."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{option}: expected KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def extract_options(values: dict[str, Any]) -> ExtractOptions:
+    """ExtractOptions from the EXTRACT (and, where present, CACHE) group's values."""
+    return ExtractOptions(
+        device=values["device"],
+        runtime=values["runtime"],
+        batch_size=values["batch_size"],
+        num_workers=values["workers"],
+        max_pixels=values["max_pixels"],
+        strict=values["strict"],
+        progress=not values["quiet"],
+        cache_dir=values.get("cache_dir"),
+        use_cache=not values.get("no_cache", False),
+    )
+
+
+def _config(**values: Any) -> SearchConfig:
+    model_options = {
+        "weights": str(values["weights"]) if values.get("weights") else None,
+        "pool": values.get("pool"),
+        "multiscale": values.get("multiscale"),
+        **key_values(values.get("model_option")),
+    }
+    steps = {name: values.get(name) for name in (*STORED_STEPS, *SEARCH_STEPS)}
+    return SearchConfig.from_preset(
+        values.get("preset"),
+        model=values.get("model"),
+        model_options=model_options,
+        metric=values.get("metric"),
+        extract=extract_options(values),
+        refinement=steps,
+    )
+
+
+CONFIG = Group("config", {**MODEL, **EXTRACT, **CACHE, **STORED_STEPS, **SEARCH_STEPS}, _config)
+# compare names its methods itself (-m repeated, each with its own defaults): the rest of a search
+COMPARE_CONFIG = Group(
+    "config",
+    {k: v for k, v in CONFIG.options.items() if k not in MODEL or k == "metric"},
+    _config,
+)
+INDEX_CONFIG = Group("config", {**MODEL, **EXTRACT, **STORED_STEPS}, _config)  # what an index stores
+EXTRACTION = Group("extract", EXTRACT, lambda **v: extract_options(v))
+
+
+def uses(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the options of ``groups``; it receives each group's object instead."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name not in {g.name for g in groups}
+        ]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+            for g in groups
+            for name, (kind, default) in g.options.items()
+        ]
+        ordered = own + added
+
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for g in groups:
+                values = {name: kwargs.pop(name) for name in g.options if name in kwargs}
+                kwargs[g.name] = g.build(**values)
+            return func(*args, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in ordered}
+        return wrapper
+
+    return decorate
+
+QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
+GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]
+QueryLabels = LABELS["query_labels"][0]
+GalleryLabels = LABELS["gallery_labels"][0]
+Quiet = EXTRACT["quiet"][0]
+Device = EXTRACT["device"][0]
+Runtime = EXTRACT["runtime"][0]
+BatchSize = EXTRACT["batch_size"][0]

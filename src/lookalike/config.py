@@ -1,0 +1,108 @@
+"""One configuration for a search: method, extraction, post-processing and re-ranking, and presets.
+
+A :class:`SearchConfig` is what the CLI's option groups build, what ``lookalike.search`` and
+``compare``, ``index build``/``add`` and the server take, so every entry point means the same by
+the same option. Presets are data (as hloc's ``confs``): a name, what it is for, and the settings
+it changes; options given explicitly override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import InputError
+from .extract import ExtractOptions
+from .index.postprocess import IndexPostprocess
+from .pipeline import DEFAULT_MODEL, Refinement
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "description": "the default model with average pooling; nothing fitted at search time",
+        "measured": "BENCHMARKS.md: the default rows of every table",
+    },
+    "copies": {
+        "description": "copy detection: GeM pooling, multi-scale features, PCA whitening to 128-d "
+        "fitted on the gallery",
+        "measured": "BENCHMARKS.md, refinements: disc-copies mAP 0.485 vs 0.340 by default (+0.145), orl "
+        "+0.048, fmnist -0.015; costs three forward passes per image and a whitening fit on the gallery",
+        "model_options": {"pool": "gem", "multiscale": True},
+        "refinement": {"whiten": True, "whiten_dim": 128},
+    },
+}
+
+
+def list_presets() -> list[tuple[str, dict[str, Any]]]:
+    """(name, preset) for every preset, in a stable order."""
+    return list(PRESETS.items())
+
+
+@dataclass
+class SearchConfig:
+    """Everything that decides a ranking: which method (``model`` with ``model_options``, and the
+    ``metric``), how images are read (``extract``), what is fitted and re-ranked (``refinement``)."""
+
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    refinement: Refinement = field(default_factory=Refinement)
+    preset: str | None = None
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str | None = None,
+        *,
+        model: str | None = None,
+        model_options: dict[str, Any] | None = None,
+        metric: str | None = None,
+        extract: ExtractOptions | None = None,
+        refinement: dict[str, Any] | None = None,
+    ) -> SearchConfig:
+        """The preset's settings (``default`` when None) overridden by every option given (not
+        None); ``refinement`` is a dict of :class:`Refinement` fields."""
+        if preset is not None and preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (lookalike presets)")
+        base = PRESETS[preset or "default"]
+        options = {**base.get("model_options", {}), **{k: v for k, v in (model_options or {}).items() if v is not None}}
+        refine = {**base.get("refinement", {}), **{k: v for k, v in (refinement or {}).items() if v is not None}}
+        known = {f.name for f in fields(Refinement) if f.init}
+        unknown = sorted(set(refine) - known)
+        if unknown:
+            raise InputError(f"unknown refinement option(s) {', '.join(unknown)}")
+        return cls(
+            model=model or base.get("model"),
+            model_options=options,
+            metric=metric or base.get("metric"),
+            extract=extract or ExtractOptions(),
+            refinement=Refinement(**refine),
+            preset=preset,
+        )
+
+    @property
+    def model_name(self) -> str:
+        """The method's name, the default model when none was chosen."""
+        return self.model or DEFAULT_MODEL
+
+    def index_postprocess(self) -> IndexPostprocess:
+        """The gallery-side steps (whitening, DBA) to fit and store with an index; query expansion
+        and re-ranking are search-time steps and are refused here."""
+        r = self.refinement
+        if r.qe or r.rerank:
+            raise InputError("--qe and --rerank are search-time steps; give them to `search`, not to `index build`")
+        return IndexPostprocess(whiten=r.whiten, whiten_dim=r.whiten_dim, dba=r.dba, alpha=r.alpha)
+
+    def with_extract(self, **changes: Any) -> SearchConfig:
+        """A copy with some extraction settings changed."""
+        return replace(self, extract=replace(self.extract, **changes))
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as plain data (for summaries and reports)."""
+        return {
+            "preset": self.preset,
+            "model": self.model_name,
+            "model_options": {k: v for k, v in self.model_options.items() if v is not None},
+            "metric": self.metric or "cosine",
+            "refinement": self.refinement.describe(),
+        }
