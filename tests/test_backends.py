@@ -31,8 +31,8 @@ from lookalike.index import (
 )
 from lookalike.index.postprocess import IndexPostprocess
 from lookalike.index.store import file_sha1
+from lookalike.knn import topk
 from lookalike.registry import Registry
-from lookalike.search import topk
 
 OPTS = ExtractOptions(progress=False, use_cache=False, batch_size=4, num_workers=0)
 PROTOCOL = ("create", "load", "save", "add", "remove", "clear", "fill", "search", "__len__")

@@ -63,3 +63,40 @@ def test_every_command_with_m_takes_local_methods(photo_set: tuple[Path, Path], 
         resolve_method("surf", {"pool": "gem"})
     with pytest.raises(InputError, match="unknown model 'nope'.*surf"):
         resolve_method("nope")
+
+
+def test_presets_are_data_and_explicit_options_override_them() -> None:
+    from lookalike.config import PRESETS, SearchConfig
+    from lookalike.errors import InputError
+
+    copies = SearchConfig.from_preset("copies")
+    assert copies.model_options == {"pool": "gem", "multiscale": True}
+    assert copies.refinement.whiten and copies.refinement.whiten_dim == 128
+    assert PRESETS["copies"]["measured"]  # each preset says what it was measured on
+    mine = SearchConfig.from_preset("copies", model_options={"pool": "mac"}, refinement={"whiten_dim": 64})
+    assert mine.model_options["pool"] == "mac" and mine.refinement.whiten_dim == 64
+    off = SearchConfig.from_preset("copies", refinement={"whiten": False})
+    assert not off.refinement.whiten and off.refinement.whiten_dim is None
+    assert SearchConfig.from_preset(None).refinement.describe() == {}
+    with pytest.raises(InputError, match="unknown preset 'fast'"):
+        SearchConfig.from_preset("fast")
+    with pytest.raises(InputError, match="search-time"):
+        SearchConfig.from_preset(None, refinement={"qe": 2}).index_postprocess()
+
+
+def test_preset_through_the_cli(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lookalike.cli import app
+
+    summary = tmp_path / "s.json"
+    args = ["search", *map(str, photo_set), "--preset", "copies", "--pool", "avg", "--no-multiscale"]
+    result = CliRunner().invoke(app, [*args, "--whiten-dim", "8", "--summary", str(summary), "-q", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(summary.read_text())
+    assert doc["refinement"] == {"whiten": {"dim": 8}}
+    assert doc["model"]["options"]["pool"] == "avg" and doc["model"]["options"]["multiscale"] is False
+    listing = CliRunner().invoke(app, ["presets"])
+    assert listing.exit_code == 0 and "copies" in listing.output and "whiten_dim=128" in listing.output

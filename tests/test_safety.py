@@ -19,8 +19,8 @@ from lookalike.extract import ExtractOptions
 from lookalike.images import ImageSet
 from lookalike.index import GalleryIndex, build_index
 from lookalike.index.store import GENERATION_FILES, MANIFEST
+from lookalike.knn import full_rankings, rankings_with_head, topk
 from lookalike.metrics import evaluate_rankings
-from lookalike.search import full_rankings, rankings_with_head, topk
 
 OPTS = ExtractOptions(progress=False, device="cpu", batch_size=4, num_workers=0)
 runner = CliRunner()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lookalike import InputError, topk
-from lookalike.search import full_rankings
+from lookalike.knn import full_rankings
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

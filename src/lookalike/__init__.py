@@ -8,9 +8,9 @@ from .errors import ImageError, InputError, LookalikeError, WeightsUnavailableEr
 from .extract import Embeddings, ExtractOptions, embed
 from .features import Extractor, create_extractor, list_extractors
 from .images import ImageSet, load_image
+from .knn import topk
 from .metrics import RetrievalMetrics, average_precision
 from .pipeline import SearchRun, evaluate, search
-from .search import topk
 
 __version__ = "0.1.0"
 

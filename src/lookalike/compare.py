@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write
 from .errors import InputError
 from .extract import ExtractOptions
 from .features import Extractor
+from .fileio import atomic_write
 from .images import ImageSet
 from .index import is_index
 from .methods import LocalMethod, method_label, resolve_method

@@ -66,7 +66,10 @@ class SearchConfig:
             raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (lookalike presets)")
         base = PRESETS[preset or "default"]
         options = {**base.get("model_options", {}), **{k: v for k, v in (model_options or {}).items() if v is not None}}
-        refine = {**base.get("refinement", {}), **{k: v for k, v in (refinement or {}).items() if v is not None}}
+        given = {k: v for k, v in (refinement or {}).items() if v is not None}
+        refine = {**base.get("refinement", {}), **given}
+        if given.get("whiten") is False and "whiten_dim" not in given:  # --no-whiten drops the preset's dim too
+            refine.pop("whiten_dim", None)
         known = {f.name for f in fields(Refinement) if f.init}
         unknown = sorted(set(refine) - known)
         if unknown:

@@ -22,9 +22,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .cache import FeatureCache, atomic_write, file_key
+from .cache import FeatureCache, file_key
 from .errors import ImageError, InputError
 from .features.base import Extractor
+from .fileio import atomic_write
 from .images import DEFAULT_MAX_PIXELS, ImageSet, image_pixels, load_image
 
 log = logging.getLogger("lookalike")

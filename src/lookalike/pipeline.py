@@ -16,11 +16,11 @@ from .features import Extractor
 from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
+from .knn import full_rankings, rankings_with_head
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings
 from .postprocess import Postprocess
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .search import full_rankings, rankings_with_head, topk
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -202,15 +202,15 @@ def search(
     side.embed(opts)
     t1 = time.perf_counter()
     q_features = side.index_queries(q_emb.features, refine)
-    queries, gallery_vectors, exact_only = refine.apply(q_features, side.vectors)
+    queries, gallery_vectors, changed = refine.apply(q_features, side.vectors)
+    # every gallery is searched through the index interface: a saved index, the in-memory exact
+    # index of a folder's vectors, or (when search-time steps changed the vectors) one of those
+    searched = side.index if not changed else side.in_memory(gallery_vectors)
     reranker = refine.reranker(queries, gallery_vectors, q_set.subset(q_emb.indices), side.readable(), opts)
     # one short list serves the written results and the head of the evaluated rankings, so the
     # metrics describe exactly the lists that are written (ties and re-ranking included)
     shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
-    if exact_only or side.index is None:
-        head, head_scores = topk(queries, gallery_vectors, shortlist, side.metric)
-    else:
-        head, head_scores = side.index.search(queries, shortlist)
+    head, head_scores = searched.search(queries, shortlist)
     if reranker is not None:
         head, head_scores = reranker.rerank(np.arange(len(queries)), head)
     indices, scores = head[:, :k], head_scores[:, :k]
@@ -371,7 +371,8 @@ class _GallerySide:
 
     def readable(self) -> ImageSet:
         """The gallery images that have vectors, in vector order (for re-ranking by pixels)."""
-        if self.index is not None:
+        if self.images is None:
+            assert self.index is not None
             root = self.index.root
             return ImageSet([root / n for n in self.names], root, self.labels, str(self.index.folder))
         assert self.images is not None
@@ -380,7 +381,7 @@ class _GallerySide:
     def index_queries(self, queries: np.ndarray, refine: Refinement) -> np.ndarray:
         """Queries in the index's space (its stored whitening applied); a search-time step that
         repeats one the index already stores is refused rather than applied twice."""
-        if self.index is None or not self.index.post.active:
+        if self.images is not None or not self.index.post.active:
             return queries
         post = self.index.post
         if (refine.whiten and post.whiten) or (refine.dba and post.dba):
@@ -393,22 +394,34 @@ class _GallerySide:
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
         """The search-time steps, plus those stored with the index (under ``index``)."""
         out = refine.describe()
-        if self.index is not None and self.index.post.active:
+        if self.images is None and self.index.post.active:
             out["index"] = self.index.post.describe()
         return out
 
     def embed(self, opts: ExtractOptions) -> None:
-        if self.index is not None:
-            self.vectors, self.names, self.labels = self.index.search_vectors, self.index.names, self.index.labels
+        """The gallery's vectors: those of the saved index, or a folder's, extracted (or read from
+        the cache) and held as an in-memory exact index, so both are searched the same way."""
+        if self.index is None:
+            assert self.images is not None
+            emb = _embed_set(self.extractor, self.images, opts, "gallery")
+            self.kept = emb.indices.tolist()
+            labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
+            self.index = GalleryIndex.from_embeddings(
+                emb.features,
+                [self.images.names[i] for i in emb.indices],
+                labels,
+                model=self.extractor,
+                metric=self.metric,
+                root=self.images.root,
+            )
+            self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
+        else:
             self.n_cached = len(self.index)
-            return
-        assert self.images is not None
-        emb = _embed_set(self.extractor, self.images, opts, "gallery")
-        self.vectors = emb.features
-        self.kept = emb.indices.tolist()
-        self.names = [self.images.names[i] for i in emb.indices]
-        self.labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
-        self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
+        self.vectors, self.names, self.labels = self.index.search_vectors, self.index.names, self.index.labels
+
+    def in_memory(self, vectors: np.ndarray) -> GalleryIndex:
+        """An exact in-memory index over processed vectors (search-time whitening or DBA)."""
+        return GalleryIndex.from_embeddings(vectors, self.names, self.labels, metric=self.metric)
 
 
 def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> _GallerySide:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import atomic_write
-from .search import topk
+from .knn import topk
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -23,9 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from .cache import atomic_write
 from .errors import ImageError, InputError
-from .fileio import printable
+from .fileio import atomic_write, printable
 from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics

@@ -16,8 +16,8 @@ import numpy as np
 from scipy import sparse
 
 from .errors import InputError
+from .knn import topk
 from .registry import Registry
-from .search import topk
 
 if TYPE_CHECKING:
     from .extract import ExtractOptions

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_write
+from ..knn import METRICS, topk
 from ..registry import Entry, Registry
-from ..search import METRICS, topk
 
 AUTO_EXACT_LIMIT = 200_000  # above this many vectors, `auto` picks an approximate index
 BACKEND_FILE_SUFFIXES = ("bin", "npy", "npz", "json")  # the names an index folder's cleanup knows
@@ -277,7 +277,7 @@ def _torch_topk(
     """GPU shortlist of 2k per query by blocked matmul, then the CPU's exact, tie-stable rescoring."""
     import torch
 
-    from ..search import _best_k, _exact_scores
+    from ..knn import _best_k, _exact_scores
 
     k = min(k, len(gallery))
     pool = min(2 * k, len(gallery))

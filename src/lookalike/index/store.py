@@ -40,7 +40,8 @@ from ..extract import Embeddings, ExtractOptions, Skipped, embed
 from ..features import Extractor, create_extractor
 from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text
 from ..images import ImageSet
-from ..search import topk
+from ..knn import topk
+from ..methods import resolve_method
 from .backends import VectorIndex, create_backend, load_backend
 from .postprocess import IndexPostprocess
 
@@ -693,7 +694,12 @@ def build_index(
         raise InputError(f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it")
     if force and in_progress and not resume:
         shutil.rmtree(partial)
-    extractor = model if isinstance(model, Extractor) else create_extractor(model, **(model_options or {}))
+    extractor = resolve_method(model, model_options)
+    if not isinstance(extractor, Extractor):
+        raise InputError(
+            f"{extractor.name} is a local-feature method: it compares the images themselves and has no "
+            f"vectors to index; search the gallery folder with `lookalike search QUERY GALLERY -m {extractor.name}`"
+        )
     post = postprocess or IndexPostprocess()
     post.check(extractor.dim)
     created = not out.exists()

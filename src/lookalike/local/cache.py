@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import atomic_write
 from ..errors import InputError
+from ..fileio import atomic_write
 from .detectors import Detector
 from .keypoints import Features
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..cache import atomic_write
 from ..features.base import FEATURE_VERSION, Preprocess
 from ..features.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint_extractor, read_checkpoint, rebuild
+from ..fileio import atomic_write
 from .models import TrainableModel
 
 __all__ = [

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..cache import atomic_write
 from ..errors import InputError
 from ..extract import Skipped, resolve_device
+from ..fileio import atomic_write
 from ..plots import figure, png_bytes
 from .checkpoint import checkpoint_meta, feature_dim, read_checkpoint, save_checkpoint
 from .data import TrainingData, load_training_data

@@ -1,4 +1,4 @@
-"""Exact nearest neighbours in blocks: bounded memory, deterministic order for ties.
+"""The k-nearest-neighbour kernel: exact top-k in blocks, bounded memory, deterministic ties.
 
 Scores are cosine similarities (higher is better) or Euclidean distances (lower is better). Ties
 are always broken by the lower gallery index, so results never depend on the block size.
