@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +15,18 @@ import lookalike.features
 from lookalike import InputError, create_extractor
 from lookalike.features import BACKBONES, Backbone, create_backbone
 from lookalike.features.backbones import LITE_MEAN, PooledBackbone
-from lookalike.samples import make_copy_detection_set
 
 FEATURES_DIR = Path(lookalike.features.__file__).parent
 SHAPES = {"efficientnet-lite0": 1280, "resnet50": 2048}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def class_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Training class folders: 4 real photos with 6 edited copies each (as in test_training)."""
-    root = tmp_path_factory.mktemp("backbone-photos")
-    return make_copy_detection_set(
-        root, photos=("astronaut", "chelsea", "coffee", "rocket"), gallery_copies=6, seed=2
-    )[1]
+def class_folders(training_photos: tuple[Path, Path]) -> Path:
+    """Training class folders: the ones test_training trains on."""
+    return training_photos[1]
 
 
 def test_importing_features_does_not_import_training() -> None:

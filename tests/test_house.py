@@ -100,3 +100,66 @@ def test_preset_through_the_cli(photo_set: tuple[Path, Path], tmp_path: Path) ->
     assert doc["model"]["options"]["pool"] == "avg" and doc["model"]["options"]["multiscale"] is False
     listing = CliRunner().invoke(app, ["presets"])
     assert listing.exit_code == 0 and "copies" in listing.output and "whiten_dim=128" in listing.output
+
+
+def test_padding_of_approximate_indexes_is_never_written() -> None:
+    from lookalike.pipeline import SearchRun
+
+    run = SearchRun(["q.jpg"], ["a", "b", "c"], np.array([[1, -1, -1]]), np.array([[0.9, -np.inf, -np.inf]]), "cosine", {})
+    assert run.ranking() == {"q.jpg": ["b"]}
+    assert run.to_json(scores=True) == {"q.jpg": [{"image": "b", "score": 0.9}]}
+
+
+def test_options_that_cannot_apply_are_refused_not_ignored(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from lookalike import pipeline
+    from lookalike.errors import InputError
+    from lookalike.pipeline import Refinement
+
+    with pytest.raises(InputError, match="--whiten do not apply"):
+        pipeline.search(*photo_set, model="surf", refinement=Refinement(whiten=True))
+    with pytest.raises(InputError, match="--metric do not apply"):
+        pipeline.search(*photo_set, model="orb", metric="euclidean")
+    with pytest.raises(InputError, match="--alpha"):
+        Refinement(qe=2, alpha=float("nan"))
+
+
+def test_a_preset_serves_both_the_build_and_the_search(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lookalike.cli import app
+
+    index = tmp_path / "p.index"
+    common = ["--preset", "copies", "--whiten-dim", "4", "-q"]
+    built = CliRunner().invoke(app, ["index", "build", str(photo_set[1]), "-o", str(index), *common])
+    assert built.exit_code == 0, built.output
+    plain = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), "-q", "-o", str(tmp_path / "a.json")])
+    again = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), *common, "-o", str(tmp_path / "b.json")])
+    assert plain.exit_code == 0 and again.exit_code == 0, again.output
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()  # stored steps not run twice
+    other = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), "--pool", "mac", "-q"])
+    assert other.exit_code == 2 and "pool" in other.output
+
+
+def test_one_labels_csv_never_lends_a_label_to_a_namesake(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lookalike.errors import InputError
+    from lookalike.images import ImageSet
+
+    for rel in ("query/x.png", "gallery/y.png", "gallery/sub/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    (tmp_path / "labels.csv").write_text("query/x.png,cat\ngallery/y.png,dog\n")
+    assert ImageSet.from_path(tmp_path / "query", labels_csv=tmp_path / "labels.csv").labels == ["cat"]
+    with pytest.raises(InputError, match="no label for 1 image"):
+        ImageSet.from_path(tmp_path / "gallery", labels_csv=tmp_path / "labels.csv")
+
+
+def test_commands_called_from_python_take_their_declared_defaults(photo_set: tuple[Path, Path]) -> None:
+    import inspect
+
+    from lookalike.cli.search import evaluate
+
+    params = inspect.signature(evaluate).parameters
+    assert params["device"].default == "auto" and params["batch_size"].default is None
+    evaluate(photo_set[0], photo_set[1], model="pixels", quiet=True)  # no KeyError for what is left out

@@ -40,7 +40,9 @@ def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def cli(*args: str) -> tuple[int, str]:
+    """Run the command in-process; an exception escaping it (a traceback for a user) fails the test."""
     result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output, result.output
     return result.exit_code, result.output
 
@@ -317,3 +319,93 @@ def test_api_options_are_checked_up_front() -> None:
         ExtractOptions(batch_size=0)
     with pytest.raises(InputError, match="--device"):
         ExtractOptions(device="tpu")
+
+
+# ---------------------------------------------------------------- found by review: each a way to lose data
+def test_a_partial_folder_the_user_made_is_never_deleted(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my.index"
+    build_index(gallery, out, model="pixels", options=OPTS)
+    (out / "partial").mkdir()
+    (out / "partial" / "holiday.jpg").write_bytes(b"my photo")
+    for extra in ([], ["--force"], ["--resume"]):
+        code, output = cli("index", "build", str(gallery), "-o", str(out), "-m", "pixels", "-q", *extra)
+        assert code == 2 and "did not make" in output
+    assert (out / "partial" / "holiday.jpg").read_bytes() == b"my photo"
+    # a folder shaped like an old build's, holding the user's files, is not taken for one either
+    lookalike_shaped = tmp_path / "out" / "partial" / "features"
+    lookalike_shaped.mkdir(parents=True)
+    (lookalike_shaped / "x.png").write_bytes(b"mine")
+    code, _ = cli("index", "build", str(gallery), "-o", str(tmp_path / "out"), "-m", "pixels", "--force", "-q")
+    assert code == 2 and (lookalike_shaped / "x.png").read_bytes() == b"mine"
+
+
+def test_a_gallery_reached_through_a_link_into_the_output_is_refused(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my.index"
+    build_index(gallery / "chelsea", out, model="pixels", options=OPTS)
+    (out / "partial").mkdir()
+    shutil.copytree(gallery / "coffee", out / "partial" / "photos")
+    (tmp_path / "glink").symlink_to(out / "partial" / "photos")
+    before = snapshot(out / "partial")
+    code, _ = cli("index", "build", str(tmp_path / "glink"), "-o", str(out), "-m", "pixels", "--force", "-q")
+    assert code == 2 and snapshot(out / "partial") == before
+
+
+def test_a_resume_that_reads_nothing_keeps_the_saved_progress(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.index"
+    args = ["index", "build", str(gallery), "-o", str(out), "-m", "pixels", "--batch-size", "2", "--workers", "0"]
+    assert run_cli(*args, "-q", env={"LOOKALIKE_CRASH_AT": "cache-flush:2"}).returncode == -9
+    shards = sorted(p.name for p in out.rglob("shard-*.npz"))
+    assert len(shards) == 2
+    failed = run_cli(*args, "--resume", "--max-pixels", "1", "-q")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert sorted(p.name for p in out.rglob("shard-*.npz")) == shards  # still resumable
+    assert run_cli(*args, "--resume", "-q").returncode == 0 and len(GalleryIndex.open(out)) == 15
+
+
+def test_search_outputs_never_overwrite_what_it_reads(gallery: Path, tmp_path: Path) -> None:
+    image = next((gallery / "coffee").iterdir())
+    before = image.read_bytes()
+    code, output = cli("search", str(gallery / "chelsea"), str(gallery), "-m", "pixels", "-q", "-o", str(image))
+    assert code == 2 and "is an image" in output and image.read_bytes() == before
+    out = tmp_path / "my.index"
+    build_index(gallery, out, model="pixels", options=OPTS)
+    manifest = (out / MANIFEST).read_bytes()
+    code, output = cli("search", str(gallery / "chelsea"), str(out), "-q", "-o", str(out / MANIFEST))
+    assert code == 2 and "inside the index" in output and (out / MANIFEST).read_bytes() == manifest
+    code, output = cli("search", str(gallery / "chelsea"), str(out), "-q", "-o", str(tmp_path / "a"),
+                       "--report", str(tmp_path / "a"))
+    assert code == 2 and "same file" in output
+
+
+def test_errors_from_the_file_system_are_one_line(gallery: Path, tmp_path: Path) -> None:
+    code, output = cli("search", str(gallery / "chelsea"), str(gallery), "-m", "pixels", "-q",
+                       "-o", "/proc/lookalike-results.json")
+    assert code == 2 and output.strip().splitlines()[-1].startswith("error:")
+
+
+def test_backend_and_metric_are_checked_before_extraction(gallery: Path, tmp_path: Path) -> None:
+    for extra in (["--backend", "nosuch"], ["--metric", "euclid"], ["--backend", "faiss:Garbage"]):
+        code, output = cli("index", "build", str(gallery), "-o", str(tmp_path / "b"), "-m", "pixels", "-q", *extra)
+        assert code == 2 and not (tmp_path / "b").exists(), output
+
+
+def test_remove_takes_a_folder_added_from_outside_the_root(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my.index"
+    build_index(gallery, out, model="pixels", options=OPTS)
+    extra = tmp_path / "extra"
+    shutil.copytree(gallery / "coffee", extra)
+    index = GalleryIndex.open(out)
+    index.add_images(ImageSet.from_path(extra), OPTS)
+    assert len(index) == 18
+    removed, _ = GalleryIndex.open(out).remove_paths([str(extra)])
+    assert len(removed) == 3 and len(GalleryIndex.open(out)) == 15
+
+
+def test_index_add_with_nothing_readable_exits_1(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my.index"
+    build_index(gallery, out, model="pixels", options=OPTS)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"no")
+    code, output = cli("index", "add", str(out), str(bad), "-q")
+    assert code == 1 and "could be read" in output and len(GalleryIndex.open(out)) == 15

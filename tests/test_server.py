@@ -191,6 +191,25 @@ def test_only_images_415(served: Served) -> None:
     assert response.status_code == 200 and response.json()["results"][0]["label"] == "rocket"
 
 
+def test_avif_and_heic_uploads_are_searched(served: Served) -> None:
+    photo = Image.open(served.query / "rocket" / "rocket_query0.jpg")
+    formats = ["AVIF"]
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        formats.append("HEIF")
+    except ImportError:
+        pass
+    for fmt in formats:
+        buffer = io.BytesIO()
+        photo.save(buffer, fmt)
+        assert sniff_image_type(buffer.getvalue()[:32]) in ("avif", "heif")
+        response = upload(served.client, buffer.getvalue(), name="photo", mime="application/octet-stream")
+        assert response.status_code == 200, (fmt, response.text)
+        assert response.json()["results"][0]["label"] == "rocket"
+
+
 def _png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression-bomb shape)."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 import lookalike
 from lookalike import ExtractOptions, ImageSet, InputError, create_extractor, embed
 from lookalike.features.checkpoint import load_checkpoint_extractor, read_checkpoint, rebuild
-from lookalike.samples import make_copy_detection_set
 from lookalike.training import TrainResult, train
 from lookalike.training.trainer import Normalise
 
@@ -38,20 +36,13 @@ METHOD_CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: small models train faster and exactly reproducibly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def photos(training_photos: tuple[Path, Path]) -> tuple[Path, Path]:
     """(query, train) class folders: 4 real photos, 1 query copy and 6 edited training copies each."""
-    root = tmp_path_factory.mktemp("train-photos")
-    return make_copy_detection_set(root, photos=PHOTOS, gallery_copies=6, seed=2)
+    return training_photos
 
 
 @pytest.fixture(scope="session")

@@ -143,7 +143,15 @@ def compare(
     resolved = [resolve_method(m) for m in methods]  # global, local or checkpoint: all checked up front
     rows = []
     for label, method in zip(labels, resolved, strict=True):
-        run = evaluate(q_set, g_set, model=method, options=options, metric=metric, refinement=refinement)
+        local = isinstance(method, LocalMethod)  # ranks by verified matches: no metric, no refinement
+        run = evaluate(
+            q_set,
+            g_set,
+            model=method,
+            options=options,
+            metric=None if local else metric,
+            refinement=None if local else refinement,
+        )
         assert run.metrics is not None
         seconds = float(run.stats.get("extract_seconds", 0.0)) + float(run.stats.get("search_seconds", 0.0))
         rows.append(

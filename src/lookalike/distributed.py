@@ -9,6 +9,7 @@ cluster (``address="auto"`` inside it, or ``ray://head:10001`` from outside).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -31,7 +32,9 @@ class EmbedActor:
         import torch
 
         from .extract import DecodedImages
+        from .plugins import load_plugins
 
+        load_plugins()  # a plug-in's model on the worker too ($LOOKALIKE_PLUGINS is in the job's env)
         self.extractor = create_extractor(name, **options)
         device = resolve_device("cuda" if torch.cuda.is_available() else "cpu")
         self.runner = make_runner(self.extractor, device, runtime, None)
@@ -67,10 +70,17 @@ def _connect(address: str) -> Any:
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'lookalike[ray]' (or 'ray[data]')") from None
     if not ray.is_initialized():
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        plugins = os.environ.get("LOOKALIKE_PLUGINS")  # plug-in modules must be importable on the workers
+        runtime_env = {"env_vars": {"LOOKALIKE_PLUGINS": plugins}} if plugins else None
+        try:
+            if address == "local":
+                ray.init(
+                    include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=runtime_env
+                )
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all mean "no cluster there"
+            raise InputError(f"--ray {address}: cannot connect to a Ray cluster ({exc})") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours is on stderr already
     logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -525,13 +525,11 @@ def _labels_from_csv(image_set: ImageSet, csv_path: Path) -> list[str]:
     base = os.path.abspath(csv_path.parent)
     by_path: dict[str, str] = {}
     by_name: dict[str, str] = {}
-    by_file: dict[str, str | None] = {}
     for entry, label in pairs:
         by_path[os.path.normpath(os.path.join(base, entry))] = label
         by_name[PurePosixPath(entry).as_posix()] = label
-        file_name = PurePosixPath(entry).name
-        by_file[file_name] = None if file_name in by_file else label
     by_resolved: dict[str, str] | None = None
+    by_file: dict[str, str | None] | None = None
     labels, missing = [], []
     for name, p in zip(image_set.names, image_set.paths, strict=True):
         label = by_path.get(os.path.normpath(os.path.abspath(p)))
@@ -542,6 +540,12 @@ def _labels_from_csv(image_set: ImageSet, csv_path: Path) -> list[str]:
         if label is None:
             label = by_name.get(name)
         if label is None:
+            if by_file is None:  # bare names, only from rows that name no existing file (the other side's
+                by_file = {}  # rows do, and must not label a namesake on this side)
+                for entry, row_label in pairs:
+                    if not os.path.exists(os.path.join(base, entry)):
+                        file_name = PurePosixPath(entry).name
+                        by_file[file_name] = None if file_name in by_file else row_label
             label = by_file.get(p.name)
         if label is None:
             missing.append(name)

@@ -48,7 +48,7 @@ class SearchRun:
     def ranking(self) -> dict[str, list[str]]:
         """``{query: [gallery images, best first]}`` with paths relative to their roots."""
         return {
-            q: [self.gallery_names[j] for j in row]
+            q: [self.gallery_names[j] for j in row if j >= 0]  # -1: an approximate index found fewer
             for q, row in zip(self.query_names, self.indices, strict=True)
         }
 
@@ -64,6 +64,7 @@ class SearchRun:
             q: [
                 {"image": self.gallery_names[j], "score": round(float(s), 6)}
                 for j, s in zip(row, srow, strict=True)
+                if j >= 0
             ]
             for q, row, srow in zip(self.query_names, self.indices, self.scores, strict=True)
         }
@@ -120,6 +121,10 @@ def check_format(fmt: str, *, group: str | None = None, scores: bool = False) ->
         raise InputError("--format challenge needs a group name: --group NAME")
     if fmt == "challenge" and scores:
         raise InputError("--scores cannot be used with --format challenge, which lists file names only")
+
+
+def _options_text(options: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={options.get(k)!r}" for k in keys)
 
 
 def _link_skips(images: ImageSet | None) -> list[Skipped]:
@@ -183,11 +188,23 @@ def search(
     if isinstance(model, LocalMethod) or is_local_method(model):
         method = resolve_method(model, model_options)
         assert isinstance(method, LocalMethod)
+        steps = (refinement or Refinement()).describe()
+        if steps or metric is not None:
+            given = ", ".join([*(f"--{s}" for s in steps), *(["--metric"] if metric is not None else [])])
+            raise InputError(
+                f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} do not apply to it"
+            )
         return _local_search(q_set, gallery, method, k, evaluate, opts, gallery_labels)
     if not isinstance(gallery, ImageSet) and is_index(gallery):
-        if any(v is not None for v in (model_options or {}).values()):
-            raise InputError(f"{gallery} is an index: its model and options are fixed when it is built")
-        side = _index_side(GalleryIndex.open(gallery, _index_device(opts)), model, metric)
+        index = GalleryIndex.open(gallery, _index_device(opts))
+        stored = index.model.get("options", {})
+        differ = sorted(k for k, v in (model_options or {}).items() if v is not None and stored.get(k) != v)
+        if differ:
+            raise InputError(
+                f"{gallery} is an index built with {_options_text(stored, differ)}: its model options are "
+                f"fixed when it is built, so {', '.join(differ)} cannot change here"
+            )
+        side = _index_side(index, model, metric)
     else:
         g_set = _as_image_set(gallery, gallery_labels)
         extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
@@ -195,7 +212,7 @@ def search(
     gallery_labelled = side.images.labelled if side.images is not None else side.index.labels is not None
     if evaluate and not (q_set.labelled and gallery_labelled):
         raise InputError(_NEEDS_LABELS)
-    refine = refinement or Refinement()
+    refine = side.reconcile(refinement or Refinement())
     refine.check(side.extractor.dim)
     t0 = time.perf_counter()
     q_emb = _embed_set(side.extractor, q_set, opts, "queries")
@@ -378,18 +395,35 @@ class _GallerySide:
         assert self.images is not None
         return self.images.subset(self.kept)
 
+    def reconcile(self, refine: Refinement) -> Refinement:
+        """The search-time steps left to run against a saved index: a step the index already stores
+        with the same settings (a preset used for both build and search) is not run twice; one
+        with other settings is refused, since it would be applied on top of the stored one."""
+        if self.images is not None or not self.index.post.active:
+            return refine
+        post = self.index.post
+        changes: dict[str, Any] = {}
+        if refine.whiten and post.whiten:
+            if refine.whiten_dim != post.whiten_dim:
+                raise InputError(
+                    f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, fitted "
+                    f"at build); drop --whiten from the search, give the same --whiten-dim, or rebuild the index"
+                )
+            changes.update(whiten=False, whiten_dim=None)
+        if refine.dba and post.dba:
+            if (refine.dba, refine.alpha) != (post.dba, post.alpha):
+                raise InputError(
+                    f"{self.index.folder} already stores dba (k={post.dba}, alpha={post.alpha}, fitted at build); "
+                    "drop --dba from the search or rebuild the index with the new settings"
+                )
+            changes["dba"] = 0
+        return replace(refine, **changes) if changes else refine
+
     def index_queries(self, queries: np.ndarray, refine: Refinement) -> np.ndarray:
-        """Queries in the index's space (its stored whitening applied); a search-time step that
-        repeats one the index already stores is refused rather than applied twice."""
+        """Queries in the index's space (its stored whitening applied)."""
         if self.images is not None or not self.index.post.active:
             return queries
-        post = self.index.post
-        if (refine.whiten and post.whiten) or (refine.dba and post.dba):
-            raise InputError(
-                f"{self.index.folder} already stores {', '.join(post.describe())} (fitted at build); "
-                "drop the option from the search or rebuild the index without it"
-            )
-        return post.queries(queries)
+        return self.index.post.queries(queries)
 
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
         """The search-time steps, plus those stored with the index (under ``index``)."""

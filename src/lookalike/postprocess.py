@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,8 @@ class Postprocess:
             raise InputError("--whiten-dim needs --whiten")
         if self.whiten_dim is not None and self.whiten_dim < 1:
             raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise InputError(f"--alpha must be a finite number of at least 0, got {self.alpha}")
 
     @property
     def active(self) -> bool:

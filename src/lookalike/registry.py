@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -139,14 +140,21 @@ def coerce(owner: str, key: str, value: Any, hint: Any, default: Any = None) -> 
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError(value)
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, float) and not number.is_integer():
+            if isinstance(value, str):
+                try:
+                    return int(value.strip())  # exact, however large
+                except ValueError:
+                    value = float(value)  # "3.0" is 3; "3.5" is refused below
+            if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return int(number)
+            return int(value)
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         return str(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{owner}: option {key} must be {_NAMES[kind]}, got {value!r}") from None

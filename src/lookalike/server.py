@@ -65,7 +65,7 @@ def default_max_decodes() -> int:
 
 
 def sniff_image_type(head: bytes) -> str | None:
-    """The image format the first bytes of a file announce (jpeg, png, gif, bmp, tiff, webp, pnm),
+    """The image format the first bytes of a file announce (jpeg, png, gif, bmp, tiff, webp, pnm, avif, heif),
     or None when they are not one lookalike reads: the content decides, not the file name."""
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
@@ -85,6 +85,12 @@ def sniff_image_type(head: bytes) -> str | None:
         return "webp"
     if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
         return "pnm"
+    if head[4:8] == b"ftyp":  # ISO media: AVIF and HEIC/HEIF photos, by their brand
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "heif"
     return None
 
 
@@ -577,7 +583,7 @@ def create_app(
         responses={
             400: {"description": "An image type, but the file cannot be decoded"},
             413: {"description": f"Request body over {max_upload_bytes:,} bytes"},
-            415: {"description": "Not an image (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"},
+            415: {"description": "Not an image (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM, AVIF, HEIC)"},
             503: busy,
         },
     )
@@ -598,7 +604,7 @@ def create_app(
                 raise HTTPException(400, "the uploaded file is empty")
             if sniff_image_type(head) is None:
                 raise HTTPException(
-                    415, "not an image lookalike can read (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)"
+                    415, "not an image lookalike can read (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM, AVIF, HEIC)"
                 )
             try:
                 async with slots.hold():

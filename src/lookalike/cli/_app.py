@@ -118,5 +118,9 @@ def friendly(func: Any) -> Any:
         except KeyboardInterrupt:
             err.print("[red]error:[/red] interrupted; `--resume` continues an index build where it stopped")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:  # the file system said no (permissions, a full disk, a read-only place)
+            where = exc.filename if exc.filename is not None else "a file"
+            err.print(f"[red]error:[/red] {shown(where)}: cannot write or read it ({shown(exc.strerror or exc)})")
+            raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper

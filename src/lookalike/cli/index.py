@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..config import SearchConfig
+from ..errors import NothingToProcessError
 from ..extract import ExtractOptions
 from ..images import ImageSet
 from ..index import GalleryIndex, build_index
@@ -86,14 +87,19 @@ def index_add(
     """Add images (new paths are added, changed files replaced, unchanged ones left alone)."""
     gallery = GalleryIndex.open(index)
     options = ExtractOptions(**{**extract.__dict__, "use_cache": False})
+    readable, skipped = 0, 0
     for source in images:
         report = gallery.add_images(ImageSet.from_path(source), options)
         print_skipped(report.skipped)
+        readable += len(report.added) + len(report.replaced) + len(report.unchanged)
+        skipped += len(report.skipped)
         err.print(
             f"{shown(source)}: {len(report.added)} added, {len(report.replaced)} replaced, "
             f"{len(report.unchanged)} already present"
         )
     err.print(f"{shown(index)}: {len(gallery)} images")
+    if readable == 0 and skipped:  # the same exit code as `search` and `index build` for this
+        raise NothingToProcessError(f"none of the {skipped} image(s) given could be read; the index is unchanged")
 
 
 @index_app.command("remove")

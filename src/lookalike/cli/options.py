@@ -195,11 +195,15 @@ def uses(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             for name, (kind, default) in g.options.items()
         ]
         ordered = own + added
+        names = [p.name for p in ordered]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:  # a programming error: two groups (or a group and the command) share a name
+            raise TypeError(f"{func.__name__}: option names declared twice: {', '.join(clashes)}")
 
         @wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for g in groups:
-                values = {name: kwargs.pop(name) for name in g.options if name in kwargs}
+            for g in groups:  # called from Python, an option left out takes its declared default
+                values = {name: kwargs.pop(name, default) for name, (_, default) in g.options.items()}
                 kwargs[g.name] = g.build(**values)
             return func(*args, **kwargs)
 

@@ -12,6 +12,8 @@ from rich.table import Table
 from ..errors import InputError
 from ..extract import Skipped
 from ..fileio import json_text, write_json
+from ..images import is_image_file
+from ..index import is_index
 from ..metrics import RetrievalMetrics
 from ..pipeline import SearchRun
 from ._app import err, out, shown
@@ -21,6 +23,29 @@ def check_output_file(option: str, path: Path | None) -> None:
     """Refuse, before any work, an output file option that names a folder."""
     if path is not None and path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give the name of a file to write")
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) -> None:
+    """Refuse, before any work, outputs that would overwrite what the run reads: an input file
+    (query or gallery list, label CSV), an existing image, anything inside an index folder, or one
+    file named by two options."""
+    seen: dict[Path, str] = {}
+    given = [p.resolve() for p in inputs if p is not None]
+    indexes = [p for p in given if is_index(p)]
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        check_output_file(option, path)
+        target = path.resolve()
+        if target in given:
+            raise InputError(f"{option} {path}: is an input of this run; choose another file name")
+        if path.exists() and is_image_file(path):
+            raise InputError(f"{option} {path}: is an image; lookalike would overwrite it: choose another name")
+        if any(target.is_relative_to(folder) for folder in indexes):
+            raise InputError(f"{option} {path}: lies inside the index being searched; write it elsewhere")
+        if target in seen:
+            raise InputError(f"{option} and {seen[target]} name the same file {path}")
+        seen[target] = option
 
 
 def print_metrics(metrics: RetrievalMetrics, console: Console) -> None:

@@ -16,7 +16,7 @@ from ..methods import list_methods
 from ._app import app, err, friendly, out
 from .options import COMPARE_CONFIG, CONFIG, GalleryArg, GalleryLabels, QueryArg, QueryLabels, Quiet, uses
 from .output import (
-    check_output_file,
+    check_outputs,
     print_metrics,
     print_results,
     print_summary,
@@ -47,8 +47,10 @@ def search(
 ) -> None:
     r"""Rank the gallery for every query image and write {query: \[gallery images, best first]}."""
     pipeline.check_format(fmt, group=group, scores=scores)
-    for option, path in (("-o", output), ("--json", metrics_json), ("--summary", summary), ("--report", report)):
-        check_output_file(option, path)
+    check_outputs(
+        {"-o": output, "--json": metrics_json, "--summary": summary, "--report": report},
+        [query, gallery, query_labels, gallery_labels],
+    )
     quiet = not config.extract.progress
     run = pipeline.search(
         query,
@@ -105,7 +107,7 @@ def evaluate(
     config: SearchConfig,
 ) -> None:
     """Print top-1/3/10 accuracy and mAP of a labelled query set against a labelled gallery."""
-    check_output_file("--json", metrics_json)
+    check_outputs({"--json": metrics_json}, [query, gallery, query_labels, gallery_labels])
     run = pipeline.search(
         query, gallery, k=10, evaluate=True, query_labels=query_labels, gallery_labels=gallery_labels, config=config
     )
@@ -230,6 +232,8 @@ def report_command(
 ) -> None:
     """Write a self-contained HTML page: each query beside its ranked thumbnails."""
     from ..report import report_from_json
+
+    check_outputs({"-o": output}, [results, query, gallery, query_labels, gallery_labels])
 
     report_from_json(
         results,

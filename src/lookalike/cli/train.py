@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,10 @@ def train_command(
     if not 0 < lr_factor < 1:
         raise InputError(f"--lr-factor must be between 0 and 1 (exclusive), got {lr_factor}")
     method_options = {k: v for k, v in key_values(option, "--option").items() if v is not None}
+    taken = sorted(set(method_options) & set(inspect.signature(train).parameters))
+    if taken:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in taken)
+        raise InputError(f"-O {', '.join(taken)}: these are options of the command itself; use {flags}")
     if loss is not None:
         method_options["loss"] = loss
     result = train(

@@ -31,7 +31,8 @@ class IndexPostprocess(Postprocess):
         """What is stored, as recorded in the manifest and in search outputs."""
         out: dict[str, Any] = {}
         if self.whiten:
-            out["whiten"] = self.whitening.describe() if self.whitening else {"dim": self.whiten_dim}
+            fitted = self.whitening.describe() if self.whitening else {"dim": self.whiten_dim}
+            out["whiten"] = {**fitted, "requested_dim": self.whiten_dim}  # what --whiten-dim asked for
         if self.dba:
             out["dba"] = {"k": self.dba, "alpha": self.alpha}
         return out
@@ -48,7 +49,7 @@ class IndexPostprocess(Postprocess):
         dba = entry.get("dba") or {}
         post = cls(
             whiten=whiten is not None,
-            whiten_dim=(whiten or {}).get("dim"),
+            whiten_dim=(whiten or {}).get("requested_dim", (whiten or {}).get("dim")),
             dba=int(dba.get("k", 0)),
             alpha=float(dba.get("alpha", 3.0)),
         )

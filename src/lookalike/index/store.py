@@ -453,6 +453,9 @@ class GalleryIndex:
         if path.is_absolute() or path.exists():
             resolved = path.resolve()
             root = self.root.resolve()
+            absolute = resolved.as_posix()  # images added from outside the root are named absolutely
+            if not resolved.is_relative_to(root) and any(n.startswith(absolute + "/") for n in names):
+                return absolute
             if not resolved.is_relative_to(root):
                 raise InputError(
                     f"index remove: {text} is outside the gallery root {root}; give paths inside it"
@@ -600,13 +603,33 @@ def _generation(folder: Path) -> int | None:
 
 
 def _is_own_partial(partial: Path) -> bool:
-    """True when ``partial`` is lookalike's build folder (its marker, or an older build's layout)."""
+    """True when ``partial`` is lookalike's build folder: it carries our marker, or it has exactly
+    the layout of an older build (``features/<key>/`` holding only shards and extractor.json)."""
+    if not partial.is_dir() or partial.is_symlink():
+        return False
     marker = _read_json(partial / BUILD_MARKER)
     if marker is not None:
         return marker.get("format") == BUILD_FORMAT
-    if not partial.is_dir():
+    entries = list(partial.iterdir())
+    if any(p.name != "features" and not is_temporary_of(p.name, BUILD_MARKER) for p in entries):
         return False
-    return all(p.name == "features" or is_temporary_of(p.name, BUILD_MARKER) for p in partial.iterdir())
+    features = partial / "features"
+    if not features.exists():  # killed while writing the marker itself: only its temporary is there
+        return bool(entries) and all(p.is_file() and not p.is_symlink() for p in entries)
+    if not features.is_dir() or features.is_symlink():
+        return False
+    found = False
+    for key in features.iterdir():
+        if not key.is_dir() or key.is_symlink():
+            return False
+        for f in key.iterdir():
+            if not (_LEGACY_CACHE_FILE.match(f.name) and f.is_file()):
+                return False
+            found = found or f.name == "extractor.json"
+    return found
+
+
+_LEGACY_CACHE_FILE = re.compile(r"^(shard-\d+-[0-9a-f]{8}\.npz|extractor\.json|\.(shard-|extractor\.json).*\.tmp)$")
 
 
 def _has_shards(partial: Path) -> bool:
@@ -640,7 +663,15 @@ def check_index_output(out: Path, images: ImageSet) -> None:
                 "lookalike writes an index only into a new or empty folder or over an index: choose another -o"
             )
     prefix = str(target) + os.sep
-    inside = next((p for p in images.paths if os.path.abspath(p).startswith(prefix)), None)
+    real_dirs: dict[str, str] = {}  # each image's folder resolved once (links into -o count too)
+
+    def lies_inside(path: Path) -> bool:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder) + os.sep
+        return (folder + os.sep).startswith(prefix) or real_dirs[folder].startswith(prefix)
+
+    inside = next((p for p in images.paths if lies_inside(p)), None)
     if inside is not None:
         raise InputError(f"{out}: holds gallery image {inside}; write the index to a folder outside the gallery")
 
@@ -676,24 +707,18 @@ def build_index(
     check_index_output(out, images)
     partial = out / "partial"
     current = _generation(out) if out.is_dir() else None
+    if partial.exists() and not _is_own_partial(partial):
+        raise InputError(
+            f"{partial}: a folder lookalike did not make sits where an index keeps its build in progress; "
+            "move it elsewhere (nothing was changed)"
+        )
     marker = _read_json(partial / BUILD_MARKER) if partial.is_dir() else None
     in_progress = partial.is_dir() and (
-        (current is None and _is_own_partial(partial))
-        or (current is not None and marker is not None and marker.get("replaces") == current)
+        current is None or (marker is not None and marker.get("replaces") == current)
     )
-    if current is not None and partial.is_dir() and not in_progress:
-        shutil.rmtree(partial, ignore_errors=True)  # a finished build's leftovers
-    if current is not None:
-        clean_leftovers(out, current)
     if in_progress and not (resume or force):
         what = "a rebuild of this index" if current is not None else "an interrupted build"
         raise InputError(f"{out}: holds {what}; pass --resume to continue it or --force to start over")
-    if current is not None and not in_progress and not force:
-        if resume:
-            return GalleryIndex.open(out), None
-        raise InputError(f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it")
-    if force and in_progress and not resume:
-        shutil.rmtree(partial)
     extractor = resolve_method(model, model_options)
     if not isinstance(extractor, Extractor):
         raise InputError(
@@ -702,7 +727,20 @@ def build_index(
         )
     post = postprocess or IndexPostprocess()
     post.check(extractor.dim)
+    # the backend spec and metric are checked now, not after the whole gallery has been extracted
+    create_backend(backend, post.whiten_dim or extractor.dim, metric, len(images))
+    if current is not None and partial.is_dir() and not in_progress:
+        shutil.rmtree(partial, ignore_errors=True)  # our finished build's leftovers
+    if current is not None:
+        clean_leftovers(out, current)
+    if current is not None and not in_progress and not force:
+        if resume:
+            return GalleryIndex.open(out), None
+        raise InputError(f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it")
+    if force and in_progress and not resume:
+        shutil.rmtree(partial)
     created = not out.exists()
+    had_shards = _has_shards(partial)
     out.mkdir(parents=True, exist_ok=True)
     if not (partial / BUILD_MARKER).is_file():
         doc = {"format": BUILD_FORMAT, "replaces": current, "source": images.source, "started": time.time()}
@@ -710,8 +748,9 @@ def build_index(
     try:
         index, emb = _build(images, out, extractor, backend, metric, options, ray_address, post, current)
     except BaseException as exc:
-        if not _has_shards(partial) or isinstance(exc, NothingToProcessError):
-            shutil.rmtree(partial, ignore_errors=True)  # nothing to resume: leave no trace
+        # nothing this run could resume from, and nothing an earlier run saved: leave no trace
+        if not had_shards and (not _has_shards(partial) or isinstance(exc, NothingToProcessError)):
+            shutil.rmtree(partial, ignore_errors=True)
             if created and not any(out.iterdir()):
                 out.rmdir()
         raise
