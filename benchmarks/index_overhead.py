@@ -9,7 +9,7 @@ through ``GalleryIndex.search`` (id -> item row mapping), taking turns, best of 
 dimension only changes the backend's share, not the overhead, so a small one keeps the run short.
 Prints median and p95 per query of both, the difference of the medians and of the p95s, and the
 percentiles of the per-query difference (each query's own backend time subtracted), with the
-machine and its load average at the start and the end.
+machine, its load average and the cores other jobs took while timing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from hostinfo import cpu_name
+from server_latency import CpuShare
 
 from lookalike.index import GalleryIndex, create_backend
 
@@ -71,21 +72,28 @@ def main() -> None:
     fns = [lambda q: backend.search(q, args.k), lambda q: index.search(q, args.k)]
     interleaved(fns, queries[:50])  # warm up both paths (and build the id lookup once)
     timed_start = load()
+    share = CpuShare()
     raw, full = interleaved(fns, queries)
+    cpu = share.stop()
     ms = 1e3
     diff = full - raw
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {np.__version__}, FAISS {faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads); "
         f"1-minute load average {load_start:.2f} at the start, {timed_start:.2f} when timing began, "
-        f"{load():.2f} at the end"
+        f"{load():.2f} at the end; while timing {cpu['cores busy']:.2f} cores busy, {cpu['client']:.2f} of them "
+        f"this benchmark, {cpu['others']:.2f} other jobs, steal {cpu['steal']:.2f}"
     )
     print(
         f"n={args.n:,} dim={args.dim} k={args.k} backend={backend.spec} queries={args.queries} "
         "(one per call, best of 3, interleaved)"
     )
-    print(f"backend search       median {np.median(raw) * ms:.3f} ms  p95 {np.percentile(raw, 95) * ms:.3f} ms")
-    print(f"GalleryIndex.search  median {np.median(full) * ms:.3f} ms  p95 {np.percentile(full, 95) * ms:.3f} ms")
+    print(
+        f"backend search       median {np.median(raw) * ms:.3f} ms  p95 {np.percentile(raw, 95) * ms:.3f} ms"
+    )
+    print(
+        f"GalleryIndex.search  median {np.median(full) * ms:.3f} ms  p95 {np.percentile(full, 95) * ms:.3f} ms"
+    )
     print(
         f"overhead             median {(np.median(full) - np.median(raw)) * ms:.3f} ms  "
         f"p95 {(np.percentile(full, 95) - np.percentile(raw, 95)) * ms:.3f} ms  (difference of the percentiles)"

@@ -21,7 +21,6 @@ ever removed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -317,16 +316,14 @@ class GalleryIndex:
             )
         old, g = self.generation, self.generation + 1
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        buffer = io.BytesIO()
-        np.save(buffer, vectors)
-        atomic_write(self.folder / f"vectors-{g}.npy", lambda h: h.write(buffer.getvalue()))
+        # straight into the temporary file: no in-memory copies of a gallery's vectors
+        atomic_write(self.folder / f"vectors-{g}.npy", lambda h: np.save(h, vectors))
         items = json_text(self.items, indent=None).encode("utf-8")
         atomic_write(self.folder / f"items-{g}.json", lambda h: h.write(items))
         _check_backend_files(self.backend, self.folder, g, self.backend.save(self.folder, g))
         if self.searchable is not None:
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(self.searchable, dtype=np.float32))
-            atomic_write(self.folder / f"searchable-{g}.npy", lambda h: h.write(buffer.getvalue()))
+            searchable = np.ascontiguousarray(self.searchable, dtype=np.float32)
+            atomic_write(self.folder / f"searchable-{g}.npy", lambda h: np.save(h, searchable))
         self.post.save(self.folder, g)
         manifest = {
             "format": FORMAT,
