@@ -149,12 +149,11 @@ def plugin(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     from lookalike.features.registry import EXTRACTORS
     from lookalike.index.backends import BACKENDS
     from lookalike.rerank import RERANKERS
-    from lookalike.training.methods import METHODS, TRAINING_METHODS
+    from lookalike.training.methods import TRAINING_METHODS
 
     EXTRACTORS.unregister("toy-grid")
     RERANKERS.unregister("toy-reverse")
     TRAINING_METHODS.unregister("toy-train")
-    METHODS.pop("toy-train", None)
     BACKENDS.unregister("toy-brute")
     sys.modules.pop("toyplugin", None)
 

@@ -8,7 +8,7 @@ it changes; options given explicitly override them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import InputError
@@ -95,17 +95,3 @@ class SearchConfig:
         if r.qe or r.rerank:
             raise InputError("--qe and --rerank are search-time steps; give them to `search`, not to `index build`")
         return IndexPostprocess(whiten=r.whiten, whiten_dim=r.whiten_dim, dba=r.dba, alpha=r.alpha)
-
-    def with_extract(self, **changes: Any) -> SearchConfig:
-        """A copy with some extraction settings changed."""
-        return replace(self, extract=replace(self.extract, **changes))
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as plain data (for summaries and reports)."""
-        return {
-            "preset": self.preset,
-            "model": self.model_name,
-            "model_options": {k: v for k, v in self.model_options.items() if v is not None},
-            "metric": self.metric or "cosine",
-            "refinement": self.refinement.describe(),
-        }

@@ -41,21 +41,30 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def temporary_target(name: str) -> str | None:
+    """The file a temporary of :func:`atomic_write` (``.<target>.<random>.tmp``, left behind by a
+    process killed before its rename) was for, or None when ``name`` is not such a temporary."""
+    if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+        return None
+    target, sep, _ = name[1 : -len(TMP_SUFFIX)].rpartition(".")
+    return target if sep and target else None
+
+
 def is_temporary_of(name: str, target: str) -> bool:
-    """True when ``name`` is a temporary file :func:`atomic_write` made for ``target`` (left behind
-    by a process that was killed before its rename)."""
-    return name.startswith(f".{target}.") and name.endswith(TMP_SUFFIX)
+    """True when ``name`` is a temporary :func:`atomic_write` made for ``target``."""
+    return temporary_target(name) == target
 
 
-def json_text(doc: Any, *, indent: int | None = 2) -> str:
+def json_text(doc: Any, *, indent: int | None = 2, compact: bool = False) -> str:
     """JSON for ``doc`` with real Unicode characters; a file name that is not valid UTF-8 (Python
     keeps its bytes as lone surrogates) is written with ``\\udcXX`` escapes instead of failing, and
-    reads back (``json.loads``, then ``os.fsencode``) as the original bytes."""
-    text = json.dumps(doc, indent=indent, ensure_ascii=False)
+    reads back (``json.loads``, then ``os.fsencode``) as the original bytes. ``compact``: no spaces."""
+    separators = (",", ":") if compact else None
+    text = json.dumps(doc, indent=indent, ensure_ascii=False, separators=separators)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(doc, indent=indent, ensure_ascii=True)
+        text = json.dumps(doc, indent=indent, ensure_ascii=True, separators=separators)
     return text
 
 

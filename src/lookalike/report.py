@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ImageError, InputError
-from .fileio import atomic_write, printable
+from .fileio import atomic_write, json_text, printable
 from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics
@@ -395,11 +395,7 @@ def _subtitle(n: int, model: str | None, metric: str | None) -> str:
 
 def _script_json(data: dict[str, Any]) -> str:
     """JSON safe inside a <script> element: no '</' or '<!--' can end or confuse it."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a file name that is not UTF-8: \udcXX escapes, as in results JSON
-        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    text = json_text(data, indent=None, compact=True)  # names that are not UTF-8: \udcXX escapes
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 

@@ -19,14 +19,8 @@ from ..pipeline import SearchRun
 from ._app import err, out, shown
 
 
-def check_output_file(option: str, path: Path | None) -> None:
-    """Refuse, before any work, an output file option that names a folder."""
-    if path is not None and path.is_dir():
-        raise InputError(f"{option} {path}: is a folder; give the name of a file to write")
-
-
 def check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) -> None:
-    """Refuse, before any work, outputs that would overwrite what the run reads: an input file
+    """Refuse, before any work, outputs that cannot or must not be written: a folder, an input file
     (query or gallery list, label CSV), an existing image, anything inside an index folder, or one
     file named by two options."""
     seen: dict[Path, str] = {}
@@ -35,7 +29,8 @@ def check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) ->
     for option, path in outputs.items():
         if path is None:
             continue
-        check_output_file(option, path)
+        if path.is_dir():
+            raise InputError(f"{option} {path}: is a folder; give the name of a file to write")
         target = path.resolve()
         if target in given:
             raise InputError(f"{option} {path}: is an input of this run; choose another file name")

@@ -37,7 +37,7 @@ from ..cache import FeatureCache, file_key
 from ..errors import InputError, NothingToProcessError
 from ..extract import Embeddings, ExtractOptions, Skipped, embed
 from ..features import Extractor, create_extractor
-from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text
+from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text, temporary_target
 from ..images import ImageSet
 from ..knn import topk
 from ..methods import resolve_method
@@ -560,7 +560,7 @@ def clean_leftovers(folder: Path, generation: int) -> list[Path]:
             continue
         match = _GENERATION_FILE.match(entry.name)
         stale = match is not None and int(match.group(2)) != generation
-        target = _temporary_target(entry.name)
+        target = temporary_target(entry.name)
         temporary = target is not None and (target == MANIFEST or _GENERATION_FILE.match(target) is not None)
         if stale or temporary:
             Path(entry.path).unlink(missing_ok=True)
@@ -568,18 +568,9 @@ def clean_leftovers(folder: Path, generation: int) -> list[Path]:
     return removed
 
 
-def _temporary_target(name: str) -> str | None:
-    """The file an ``atomic_write`` temporary (``.<target>.<random>.tmp``) was for, or None."""
-    if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
-        return None
-    stem = name[1 : -len(TMP_SUFFIX)]
-    target, sep, _ = stem.rpartition(".")
-    return target if sep and is_temporary_of(name, target) else None
-
-
 def _is_own_name(name: str) -> bool:
     """True for the names lookalike writes in an index folder (and their temporaries)."""
-    target = _temporary_target(name) or name
+    target = temporary_target(name) or name
     return target in (MANIFEST, "partial") or _GENERATION_FILE.match(target) is not None
 
 

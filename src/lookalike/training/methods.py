@@ -182,8 +182,8 @@ for _spec in METHODS.values():
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a training method (its defaults and network builder) for ``train`` and ``lookalike train``."""
-    METHODS[spec.name] = spec
+    """Add a training method (its defaults and network builder) for ``train`` and ``lookalike train``;
+    ``METHODS`` stays the table of the built-in ones."""
     TRAINING_METHODS.register(spec.name, spec.build, description=spec.description, spec=spec)
     return spec
 
