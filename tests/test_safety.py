@@ -409,3 +409,13 @@ def test_index_add_with_nothing_readable_exits_1(gallery: Path, tmp_path: Path) 
     (bad / "x.jpg").write_bytes(b"no")
     code, output = cli("index", "add", str(out), str(bad), "-q")
     assert code == 1 and "could be read" in output and len(GalleryIndex.open(out)) == 15
+
+
+def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "Pictures"
+    (mine / "astronaut").mkdir(parents=True)
+    (mine / "astronaut" / "astronaut_query0.jpg").write_bytes(b"my own photo")
+    before = snapshot(mine)
+    code, output = cli("demo", "--out", str(mine), "-q")
+    assert code == 2 and "not a lookalike demo folder" in output
+    assert snapshot(mine) == before

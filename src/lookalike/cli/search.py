@@ -198,6 +198,11 @@ def demo(
     """Search a sample set made from photos shipped with scikit-image; writes results.json."""
     from ..samples import make_copy_detection_set
 
+    marker = out_dir / ".lookalike-demo"  # the demo rewrites only a folder it made itself
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not marker.is_file())):
+        raise InputError(f"--out {out_dir}: exists and is not a lookalike demo folder; choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     query_dir, gallery_dir = make_copy_detection_set(out_dir)
     err.print(
         f"sample set: {query_dir} ({sum(1 for _ in query_dir.rglob('*.jpg'))} queries), "
