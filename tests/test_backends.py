@@ -29,8 +29,8 @@ from lookalike.index import (
     register_backend,
     resolve_backend,
 )
-from lookalike.index.postprocess import IndexPostprocess
 from lookalike.index.store import file_sha1
+from lookalike.index.stored_steps import IndexPostprocess
 from lookalike.knn import topk
 from lookalike.registry import Registry
 

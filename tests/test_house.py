@@ -163,3 +163,27 @@ def test_commands_called_from_python_take_their_declared_defaults(photo_set: tup
     params = inspect.signature(evaluate).parameters
     assert params["device"].default == "auto" and params["batch_size"].default is None
     evaluate(photo_set[0], photo_set[1], model="pixels", quiet=True)  # no KeyError for what is left out
+
+
+def test_local_methods_are_an_index_verified_once_per_pair(
+    photo_set: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-m orb` searches a LocalFeatureIndex through the one search path: the same results and
+    metrics as local_search, and evaluating verifies every (query, gallery) pair exactly once."""
+    from lookalike.extract import ExtractOptions
+    from lookalike.local import local_search
+    from lookalike.local import verification as verify_module
+    from lookalike.metrics import evaluate_rankings
+
+    opts = ExtractOptions(progress=False, num_workers=0, use_cache=False)
+    calls: list[int] = []
+    real = verify_module.verify
+    monkeypatch.setattr(verify_module, "verify", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    run = lookalike.evaluate(*photo_set, model="orb", k=3, options=opts)
+    assert len(calls) == len(run.query_names) * len(run.gallery_names)
+    direct = local_search(*photo_set, "orb", k=3, options=opts)
+    assert run.indices.tolist() == direct.indices.tolist()
+    assert run.scores.tolist() == direct.scores.tolist() and run.metric == "inliers"
+    labels = [n.split("/")[0] for n in direct.query_names], [n.split("/")[0] for n in direct.gallery_names]
+    expected = evaluate_rankings(direct.rankings(), *labels, direct.query_names)
+    assert run.metrics.mean_ap == pytest.approx(expected.mean_ap) and run.metrics.top_k == expected.top_k

@@ -173,7 +173,7 @@ def test_whitening_and_dba_stored_with_the_index(
     photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path
 ) -> None:
     from lookalike import ImageSet
-    from lookalike.index.postprocess import IndexPostprocess
+    from lookalike.index.stored_steps import IndexPostprocess
     from lookalike.pipeline import Refinement
 
     target = tmp_path / "w.index"
@@ -210,7 +210,7 @@ def test_whitening_and_dba_stored_with_the_index(
 @pytest.mark.parametrize("backend", ["exact", "faiss:IVF2,Flat"])
 def test_a_processed_index_can_be_emptied_and_filled_again(backend: str, gallery: Path, tmp_path: Path) -> None:
     from lookalike import ImageSet
-    from lookalike.index.postprocess import IndexPostprocess
+    from lookalike.index.stored_steps import IndexPostprocess
 
     target = tmp_path / "p.index"
     post = IndexPostprocess(whiten=True, whiten_dim=4, dba=3)

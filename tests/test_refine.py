@@ -11,8 +11,8 @@ import torch
 from lookalike import ExtractOptions, ImageSet, create_extractor, embed, search
 from lookalike.features.pooling import GlobalPool
 from lookalike.pipeline import Refinement
-from lookalike.postprocess import PCAWhitening, alpha_query_expansion, database_augmentation, l2_normalise
 from lookalike.rerank import k_reciprocal_rerank
+from lookalike.steps import PCAWhitening, alpha_query_expansion, database_augmentation, l2_normalise
 
 
 def test_gem_with_p_one_is_average_pooling_and_large_p_approaches_max() -> None:

@@ -86,6 +86,7 @@ def test_health_and_openapi(served: Served) -> None:
         "gallery_root_found": True,
         "k": 5,
         "max_upload_bytes": LIMIT,
+        "refinement": {},
     }
     spec = served.client.get("/openapi.json").json()
     assert {"/search", "/health", "/gallery/{path}", "/thumbnail/{path}"} <= set(spec["paths"])
@@ -368,3 +369,34 @@ def test_odd_file_names_through_uvicorn(odd: tuple[Path, TestClient]) -> None:
 def test_odd_names_serve_only_indexed_files(odd: tuple[Path, TestClient], url: str) -> None:
     response = odd[1].get(url)
     assert response.status_code == 404 and "root:x:" not in response.text
+
+
+def test_server_takes_a_search_config(served: Served) -> None:
+    """create_app(config=...) searches as `lookalike search` with the same SearchConfig does:
+    query expansion and spatial re-ranking on every request, the re-ranker's scores named; a model
+    or metric other than the index's, or gallery-fitted steps, are refused at start."""
+    from lookalike.config import SearchConfig
+
+    config = SearchConfig.from_preset(
+        refinement={"qe": 2, "rerank": "sift", "rerank_top": 6},
+        extract=lookalike.ExtractOptions(progress=False, num_workers=0, cache_dir=served.cache),
+    )
+    query = sorted(served.query.rglob("*.jpg"))[0]
+    expected = lookalike.search(query, served.index, k=4, config=config)
+    with TestClient(create_app(served.index, k=4, config=config)) as client:
+        health = client.get("/health").json()
+        assert (
+            health["refinement"]["qe"] == {"k": 2, "alpha": 3.0}
+            and health["refinement"]["rerank"]["method"] == "sift"
+        )
+        answer = upload(client, query.read_bytes()).json()
+    assert [r["path"] for r in answer["results"]] == expected.ranking()[expected.query_names[0]]
+    assert [r["score"] for r in answer["results"]] == pytest.approx(expected.scores[0].tolist(), abs=1e-4)
+    assert answer["metric"] == expected.metric != "cosine"
+    for bad, message in (
+        ({"model": "pixels"}, "built with model 'efficientnet-lite0', not 'pixels'"),
+        ({"metric": "euclidean"}, "built for cosine scores"),
+        ({"refinement": {"dba": 2}}, "store them with the index"),
+    ):
+        with pytest.raises(InputError, match=message):
+            create_app(served.index, config=SearchConfig.from_preset(**bad))

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InputError
 from .extract import ExtractOptions
-from .index.postprocess import IndexPostprocess
+from .index.stored_steps import IndexPostprocess
 from .pipeline import DEFAULT_MODEL, Refinement
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,11 +17,10 @@ from .features import Extractor
 from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
-from .knn import full_rankings, rankings_with_head
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings
-from .postprocess import Postprocess
 from .rerank import RERANKERS, Reranker, RerankInputs
+from .steps import Postprocess
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -185,6 +185,71 @@ def search(
     if opts.use_cache and opts.cache_dir is None:
         opts = replace(opts, cache_dir=default_cache_dir())
     q_set = _as_image_set(query, query_labels)
+    side = gallery_side(gallery, model, model_options, metric, refinement, gallery_labels, opts)
+    if evaluate and not (q_set.labelled and side.labelled):
+        raise InputError(_NEEDS_LABELS)
+    refine = side.reconcile(refinement or Refinement())
+    t0 = time.perf_counter()
+    q_items, q_found = side.encode(q_set, opts, "queries")
+    side.embed(opts)
+    t1 = time.perf_counter()
+    # one search path: every gallery is an index (a saved one, the in-memory exact index of a
+    # folder's vectors, one over vectors that search-time steps changed, or a local method's
+    # index of keypoints), searched through the same calls
+    queries, searched = side.prepare(q_items, refine)
+    reranker = side.reranker(refine, queries, q_set.subset(q_found.indices), opts)
+    # one short list serves the written results and the head of the evaluated rankings, so the
+    # metrics describe exactly the lists that are written (ties and re-ranking included)
+    shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
+    if evaluate and searched.exhaustive:  # it ranks the whole gallery anyway: keep all of it
+        shortlist = max(shortlist, len(searched))
+    head, head_scores = searched.search(queries, shortlist)
+    if reranker is not None:
+        head, head_scores = reranker.rerank(np.arange(len(queries)), head)
+    indices, scores = head[:, :k], head_scores[:, :k]
+    t2 = time.perf_counter()
+    run = SearchRun(
+        query_names=[q_set.names[i] for i in q_found.indices],
+        gallery_names=searched.names,
+        indices=indices,
+        scores=scores,
+        metric=searched.metric if reranker is None else reranker.score_name,
+        model=side.describe_model(),
+        skipped={
+            "query": _link_skips(q_set) + q_found.skipped,
+            "gallery": _link_skips(side.images) + side.skipped,
+        },
+        stats={
+            "extracted": {"query": q_found.n_extracted, "gallery": side.n_extracted},
+            "from_cache": {"query": q_found.n_cached, "gallery": side.n_cached},
+            "extract_seconds": round(t1 - t0, 3),
+            "search_seconds": round(t2 - t1, 4),
+        },
+        refinement=side.describe_refinement(refine),
+    )
+    if evaluate:
+        run.metrics = evaluate_rankings(
+            searched.rankings(queries, head),
+            [q_set.labels[i] for i in q_found.indices],
+            searched.labels,
+            run.query_names,
+        )
+    return run
+
+
+def gallery_side(
+    gallery: str | Path | ImageSet,
+    model: str | Extractor | LocalMethod | None,
+    model_options: dict[str, Any] | None,
+    metric: str | None,
+    refinement: Refinement | None,
+    gallery_labels: str | Path | None,
+    opts: ExtractOptions,
+) -> GallerySide | LocalSide:
+    """The gallery of a search, by what ``model`` is and what ``gallery`` holds: a saved index, or
+    images for a global extractor (vectors) or for a local method (keypoints). The model, its
+    options and the metric are checked against a saved index here (the server uses it too)."""
+    saved = not isinstance(gallery, ImageSet) and is_index(gallery)
     if isinstance(model, LocalMethod) or is_local_method(model):
         method = resolve_method(model, model_options)
         assert isinstance(method, LocalMethod)
@@ -194,8 +259,10 @@ def search(
             raise InputError(
                 f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} do not apply to it"
             )
-        return _local_search(q_set, gallery, method, k, evaluate, opts, gallery_labels)
-    if not isinstance(gallery, ImageSet) and is_index(gallery):
+        if saved:
+            raise InputError(f"{gallery} is an index of global features; local methods search image folders")
+        return LocalSide(method, _as_image_set(gallery, gallery_labels))
+    if saved:
         index = GalleryIndex.open(gallery, _index_device(opts))
         stored = index.model.get("options", {})
         differ = sorted(k for k, v in (model_options or {}).items() if v is not None and stored.get(k) != v)
@@ -204,59 +271,10 @@ def search(
                 f"{gallery} is an index built with {_options_text(stored, differ)}: its model options are "
                 f"fixed when it is built, so {', '.join(differ)} cannot change here"
             )
-        side = _index_side(index, model, metric)
-    else:
-        g_set = _as_image_set(gallery, gallery_labels)
-        extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
-        side = _GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
-    gallery_labelled = side.images.labelled if side.images is not None else side.index.labels is not None
-    if evaluate and not (q_set.labelled and gallery_labelled):
-        raise InputError(_NEEDS_LABELS)
-    refine = side.reconcile(refinement or Refinement())
-    refine.check(side.extractor.dim)
-    t0 = time.perf_counter()
-    q_emb = _embed_set(side.extractor, q_set, opts, "queries")
-    side.embed(opts)
-    t1 = time.perf_counter()
-    q_features = side.index_queries(q_emb.features, refine)
-    queries, gallery_vectors, changed = refine.apply(q_features, side.vectors)
-    # every gallery is searched through the index interface: a saved index, the in-memory exact
-    # index of a folder's vectors, or (when search-time steps changed the vectors) one of those
-    searched = side.index if not changed else side.in_memory(gallery_vectors)
-    reranker = refine.reranker(queries, gallery_vectors, q_set.subset(q_emb.indices), side.readable(), opts)
-    # one short list serves the written results and the head of the evaluated rankings, so the
-    # metrics describe exactly the lists that are written (ties and re-ranking included)
-    shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
-    head, head_scores = searched.search(queries, shortlist)
-    if reranker is not None:
-        head, head_scores = reranker.rerank(np.arange(len(queries)), head)
-    indices, scores = head[:, :k], head_scores[:, :k]
-    t2 = time.perf_counter()
-    run = SearchRun(
-        query_names=[q_set.names[i] for i in q_emb.indices],
-        gallery_names=side.names,
-        indices=indices,
-        scores=scores,
-        metric=side.metric if reranker is None else reranker.score_name,
-        model=side.extractor.describe(),
-        skipped={
-            "query": _link_skips(q_set) + q_emb.skipped,
-            "gallery": _link_skips(side.images) + side.skipped,
-        },
-        stats={
-            "extracted": {"query": q_emb.n_extracted, "gallery": side.n_extracted},
-            "from_cache": {"query": q_emb.n_cached, "gallery": side.n_cached},
-            "extract_seconds": round(t1 - t0, 3),
-            "search_seconds": round(t2 - t1, 4),
-        },
-        refinement=side.describe_refinement(refine),
-    )
-    if evaluate:
-        rankings = rankings_with_head(full_rankings(queries, gallery_vectors, side.metric), head)
-        run.metrics = evaluate_rankings(
-            rankings, [q_set.labels[i] for i in q_emb.indices], side.labels, run.query_names
-        )
-    return run
+        return _index_side(index, model, metric)
+    g_set = _as_image_set(gallery, gallery_labels)
+    extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
+    return GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
 
 
 @dataclass
@@ -264,7 +282,7 @@ class Refinement(Postprocess):
     """Optional steps between features and ranking, in this order: PCA whitening fitted on the
     gallery (``whiten``, ``whiten_dim``), database-side augmentation (``dba`` = k), alpha query
     expansion (``qe`` = k; both weight neighbours by similarity^``alpha``) — the
-    :class:`~lookalike.postprocess.Postprocess` steps, fitted at search time — then re-ranking of
+    :class:`~lookalike.steps.Postprocess` steps, fitted at search time — then re-ranking of
     each query's top ``rerank_top`` by a registered re-ranker (``rerank``: k-reciprocal with
     ``k1``, ``k2``, ``lambda_value``, or spatial verification). Anything that changes vectors
     makes an index search exact."""
@@ -323,47 +341,6 @@ class Refinement(Postprocess):
         return RERANKERS.create(self.rerank, inputs, **params)
 
 
-def _local_search(
-    q_set: ImageSet,
-    gallery: str | Path | ImageSet,
-    method: LocalMethod,
-    k: int,
-    evaluate: bool,
-    opts: ExtractOptions,
-    gallery_labels: str | Path | None,
-) -> SearchRun:
-    """``search`` with a local-feature method: the gallery ranked by RANSAC-verified matches."""
-    from .local import local_search
-
-    if not isinstance(gallery, ImageSet) and is_index(gallery):
-        raise InputError(f"{gallery} is an index of global features; local methods search image folders")
-    g_set = _as_image_set(gallery, gallery_labels)
-    if evaluate and not (q_set.labelled and g_set.labelled):
-        raise InputError(_NEEDS_LABELS)
-    res = local_search(q_set, g_set, method.name, k, opts, method_options=method.options)
-    run = SearchRun(
-        query_names=res.query_names,
-        gallery_names=res.gallery_names,
-        indices=res.indices,
-        scores=res.scores,
-        metric="inliers",
-        model=res.method,
-        skipped={
-            "query": _link_skips(q_set) + res.query_skipped,
-            "gallery": _link_skips(g_set) + res.gallery_skipped,
-        },
-        stats={**res.stats, "search_seconds": res.stats["match_seconds"]},
-    )
-    if evaluate:
-        run.metrics = evaluate_rankings(
-            res.rankings(),
-            [q_set.labels[i] for i in res.query_indices],
-            [g_set.labels[i] for i in res.gallery_indices],
-            run.query_names,
-        )
-    return run
-
-
 _NEEDS_LABELS = (
     "evaluation needs labels for queries and gallery: put images in class folders "
     "(query/<label>/x.jpg) or pass a path,label CSV (--query-labels / --gallery-labels)"
@@ -371,34 +348,45 @@ _NEEDS_LABELS = (
 
 
 @dataclass
-class _GallerySide:
-    """The gallery of a search: images to embed now, or a saved index that holds the vectors."""
+class GallerySide:
+    """The gallery of a search by a global extractor: images to embed now, or a saved index that
+    holds the vectors; either way searched as a :class:`GalleryIndex`."""
 
     extractor: Extractor
     metric: str
     images: ImageSet | None = None
     index: GalleryIndex | None = None
-    vectors: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
-    labels: list[str] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     n_extracted: int = 0
     n_cached: int = 0
     kept: list[int] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # the vectors searched, after the search-time steps
 
+    @property
+    def labelled(self) -> bool:
+        return self.images.labelled if self.images is not None else self.index.labels is not None
+
+    def describe_model(self) -> dict[str, Any]:
+        return self.extractor.describe()
+
+    @functools.cached_property
     def readable(self) -> ImageSet:
-        """The gallery images that have vectors, in vector order (for re-ranking by pixels)."""
+        """The gallery images that have vectors, in vector order (for re-ranking by pixels); made
+        once, since a server re-ranks against it on every request."""
         if self.images is None:
             assert self.index is not None
             root = self.index.root
-            return ImageSet([root / n for n in self.names], root, self.labels, str(self.index.folder))
-        assert self.images is not None
+            return ImageSet(
+                [root / n for n in self.index.names], root, self.index.labels, str(self.index.folder)
+            )
         return self.images.subset(self.kept)
 
     def reconcile(self, refine: Refinement) -> Refinement:
-        """The search-time steps left to run against a saved index: a step the index already stores
-        with the same settings (a preset used for both build and search) is not run twice; one
-        with other settings is refused, since it would be applied on top of the stored one."""
+        """The search-time steps left to run, checked against the model's dimension. Against a saved
+        index a step it already stores with the same settings (a preset used for both build and
+        search) is not run twice; one with other settings is refused, since it would be applied on
+        top of the stored one."""
+        refine.check(self.extractor.dim)
         if self.images is not None or not self.index.post.active:
             return refine
         post = self.index.post
@@ -419,12 +407,6 @@ class _GallerySide:
             changes["dba"] = 0
         return replace(refine, **changes) if changes else refine
 
-    def index_queries(self, queries: np.ndarray, refine: Refinement) -> np.ndarray:
-        """Queries in the index's space (its stored whitening applied)."""
-        if self.images is not None or not self.index.post.active:
-            return queries
-        return self.index.post.queries(queries)
-
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
         """The search-time steps, plus those stored with the index (under ``index``)."""
         out = refine.describe()
@@ -432,39 +414,118 @@ class _GallerySide:
             out["index"] = self.index.post.describe()
         return out
 
+    def encode(self, images: ImageSet, opts: ExtractOptions, label: str) -> tuple[np.ndarray, Embeddings]:
+        """The query vectors (and which images gave them), from the cache or extracted."""
+        found = _embed_set(self.extractor, images, opts, label)
+        return found.features, found
+
     def embed(self, opts: ExtractOptions) -> None:
-        """The gallery's vectors: those of the saved index, or a folder's, extracted (or read from
-        the cache) and held as an in-memory exact index, so both are searched the same way."""
-        if self.index is None:
-            assert self.images is not None
-            emb = _embed_set(self.extractor, self.images, opts, "gallery")
-            self.kept = emb.indices.tolist()
-            labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
-            self.index = GalleryIndex.from_embeddings(
-                emb.features,
-                [self.images.names[i] for i in emb.indices],
-                labels,
-                model=self.extractor,
-                metric=self.metric,
-                root=self.images.root,
-            )
-            self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
-        else:
+        """The gallery's index: the saved one, or a folder's vectors, extracted (or read from the
+        cache) and held as an in-memory exact index, so both are searched the same way."""
+        if self.index is not None:
             self.n_cached = len(self.index)
-        self.vectors, self.names, self.labels = self.index.search_vectors, self.index.names, self.index.labels
+            return
+        assert self.images is not None
+        emb = _embed_set(self.extractor, self.images, opts, "gallery")
+        self.kept = emb.indices.tolist()
+        labels = None if self.images.labels is None else [self.images.labels[i] for i in emb.indices]
+        self.index = GalleryIndex.from_embeddings(
+            emb.features,
+            [self.images.names[i] for i in emb.indices],
+            labels,
+            model=self.extractor,
+            metric=self.metric,
+            root=self.images.root,
+        )
+        self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
 
-    def in_memory(self, vectors: np.ndarray) -> GalleryIndex:
-        """An exact in-memory index over processed vectors (search-time whitening or DBA)."""
-        return GalleryIndex.from_embeddings(vectors, self.names, self.labels, metric=self.metric)
+    def prepare(self, queries: np.ndarray, refine: Refinement) -> tuple[np.ndarray, GalleryIndex]:
+        """(queries, index to search): the queries in the index's space (its stored steps applied),
+        then the search-time steps; when those change the gallery vectors (whitening, DBA) an exact
+        in-memory index over the changed vectors is searched instead."""
+        index = self.index
+        if self.images is None and index.post.active:
+            queries = index.post.queries(queries)
+        queries, self.vectors, changed = refine.apply(queries, index.search_vectors)
+        if changed:
+            index = GalleryIndex.from_embeddings(self.vectors, index.names, index.labels, metric=self.metric)
+        return queries, index
+
+    def reranker(
+        self, refine: Refinement, queries: np.ndarray, query_set: ImageSet, opts: ExtractOptions
+    ) -> Reranker | None:
+        """The re-ranking step asked for, over the searched vectors and the readable images."""
+        if refine.rerank is None:
+            return None
+        return refine.reranker(queries, self.vectors, query_set, self.readable, opts)
 
 
-def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> _GallerySide:
+@dataclass
+class LocalSide:
+    """The gallery of a search by a local-feature method: its images' keypoints, searched as a
+    :class:`~lookalike.local.LocalFeatureIndex` (no vectors, so no vector steps or re-ranking)."""
+
+    method: LocalMethod
+    images: ImageSet
+    index: Any = None
+    skipped: list[Skipped] = field(default_factory=list)
+    n_extracted: int = 0
+    n_cached: int = 0
+
+    def __post_init__(self) -> None:
+        from .local import create_detector
+
+        self.detector = create_detector(self.method.name, **self.method.options)
+
+    @property
+    def labelled(self) -> bool:
+        return self.images.labelled
+
+    def describe_model(self) -> dict[str, Any]:
+        return self.index.describe()
+
+    def reconcile(self, refine: Refinement) -> Refinement:
+        return refine  # vector steps were refused when the side was made
+
+    def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
+        return {}
+
+    def encode(self, images: ImageSet, opts: ExtractOptions, label: str) -> tuple[list[Any], Any]:
+        """The keypoints of the readable images (and which they are), from the cache or extracted."""
+        from .local.extraction import extract_features
+        from .local.index import readable_or_fail
+
+        found = extract_features(self.detector, images, opts, label=label)
+        return [found.features[i] for i in readable_or_fail(found, images, label)], found
+
+    def embed(self, opts: ExtractOptions) -> None:
+        from .local import LocalFeatureIndex
+
+        _, found = self.encode(self.images, opts, "gallery")
+        self.index = LocalFeatureIndex.from_feature_set(
+            self.detector,
+            found,
+            self.images.names,
+            self.images.labels,
+            workers=opts.num_workers,
+            progress=opts.progress,
+        )
+        self.skipped, self.n_extracted, self.n_cached = found.skipped, found.n_extracted, found.n_cached
+
+    def prepare(self, queries: list[Any], refine: Refinement) -> tuple[list[Any], Any]:
+        return queries, self.index
+
+    def reranker(self, refine: Refinement, queries: Any, query_set: ImageSet, opts: ExtractOptions) -> None:
+        return None
+
+
+def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> GallerySide:
     name = model.name if isinstance(model, Extractor) else model
     if name is not None and name != index.model["name"]:
         raise InputError(f"{index.folder} was built with model {index.model['name']!r}, not {name!r}")
     if metric is not None and metric != index.metric:
         raise InputError(f"{index.folder} was built for {index.metric} scores, not {metric}")
-    return _GallerySide(extractor=index.extractor(), metric=index.metric, index=index)
+    return GallerySide(extractor=index.extractor(), metric=index.metric, index=index)
 
 
 def _index_device(opts: ExtractOptions) -> str:

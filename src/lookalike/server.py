@@ -24,6 +24,7 @@ import time
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -39,10 +40,12 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import default_cache_dir
+from .config import SearchConfig
 from .errors import ImageError, InputError
 from .extract import DecodedImages, make_runner, resolve_device
-from .images import to_rgb
-from .index import GalleryIndex
+from .images import ImageSet, to_rgb
+from .index import GalleryIndex, is_index
+from .pipeline import GallerySide, gallery_side
 from .report import thumbnail_jpeg
 
 log = logging.getLogger("lookalike")
@@ -130,21 +133,61 @@ class Health(BaseModel):
     gallery_root_found: bool
     k: int
     max_upload_bytes: int
+    refinement: dict[str, Any] = Field(
+        default_factory=dict, description="Search-time steps, and those stored with the index (under index)"
+    )
 
 
 class Searcher:
-    """The index, its extractor and runner, loaded once; embeds an image file as the pipeline does."""
+    """The index, its extractor and runner, and the search-time steps of a :class:`SearchConfig`,
+    loaded once; embeds an image file as the pipeline does and searches it through the same
+    gallery side as ``lookalike search`` (stored steps, query expansion, re-ranking)."""
 
-    def __init__(self, index_folder: str | Path, device: str = "auto", runtime: str = "auto") -> None:
+    def __init__(
+        self,
+        index_folder: str | Path,
+        device: str = "auto",
+        runtime: str = "auto",
+        config: SearchConfig | None = None,
+    ) -> None:
+        config = config or SearchConfig()
         torch_device = resolve_device(device)
-        self.index = GalleryIndex.open(index_folder, torch_device.type)
-        self.extractor = self.index.extractor()
+        if not is_index(index_folder):
+            GalleryIndex.open(index_folder)  # says why the folder is not an index
+        self.options = replace(config.extract, device=torch_device.type, runtime=runtime, progress=False)
+        if self.options.use_cache and self.options.cache_dir is None:
+            self.options = replace(self.options, cache_dir=default_cache_dir())
+        side = gallery_side(
+            index_folder,
+            config.model,
+            config.model_options,
+            config.metric,
+            config.refinement,
+            None,
+            self.options,
+        )
+        assert isinstance(side, GallerySide)
+        self.refine = side.reconcile(config.refinement)
+        if self.refine.whiten or self.refine.dba:
+            raise InputError(
+                "serve: --whiten and --dba are fitted on the whole gallery; store them with the index "
+                "(lookalike index build --whiten/--dba) instead of fitting them on every request"
+            )
+        side.embed(self.options)
+        self.side = side
+        self.index = side.index
+        self.extractor = side.extractor
         self.runner = make_runner(self.extractor, torch_device, runtime, default_cache_dir())
         self.names = self.index.names
         self.labels = self.index.labels
         self.root = self.index.root.resolve()
+        self.score_name = self.index.metric  # what the scores are: the re-ranker's, once it has run
         self._name_set = set(self.names)
         self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        """The search-time steps and those stored with the index (as a search run reports them)."""
+        return self.side.describe_refinement(self.refine)
 
     def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
         """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
@@ -156,9 +199,15 @@ class Searcher:
         """(gallery name, score, label) of the top ``k`` for one image file, best first."""
         vector = self.embed_file(path, max_pixels)
         with self._lock:
-            rows, scores = self.index.query(vector, min(k, len(self.names)))
+            queries, searched = self.side.prepare(vector, self.refine)
+            reranker = self.side.reranker(self.refine, queries, ImageSet([path], path.parent), self.options)
+            shortlist = max(k, self.refine.rerank_top if reranker is not None else 0)
+            rows, scores = searched.search(queries, min(shortlist, len(self.names)))
+            if reranker is not None:
+                rows, scores = reranker.rerank(np.arange(1), rows)
+                self.score_name = reranker.score_name
         out = []
-        for row, score in zip(rows[0], scores[0], strict=True):
+        for row, score in zip(rows[0, :k], scores[0, :k], strict=True):
             if row >= 0:
                 out.append((self.names[row], float(score), None if self.labels is None else self.labels[row]))
         return out
@@ -520,13 +569,14 @@ def create_app(
     max_k: int = 100,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    device: str = "auto",
-    runtime: str = "auto",
+    device: str | None = None,
+    runtime: str | None = None,
     thumb_size: int = DEFAULT_THUMB_SIZE,
     title: str | None = None,
     max_decodes: int | None = None,
     max_waiting: int | None = None,
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+    config: SearchConfig | None = None,
 ) -> FastAPI:
     """The FastAPI app over the index at ``index_folder``: ``POST /search``, ``GET /``,
     ``GET /health``, ``GET /gallery/{path}``, ``GET /thumbnail/{path}`` and the OpenAPI docs.
@@ -534,7 +584,9 @@ def create_app(
     over ``max_upload_bytes`` get 413; images over ``max_pixels`` pixels get 400. At most
     ``max_decodes`` images (default: ``default_max_decodes()``) are decoded at once; up to
     ``max_waiting`` more searches (default 4 x max_decodes) wait up to ``queue_timeout`` seconds;
-    the others get 503 with Retry-After."""
+    the others get 503 with Retry-After. ``config`` (a :class:`SearchConfig`, as ``lookalike search``
+    takes it) gives the model and metric to check against the index, the search-time steps (query
+    expansion, re-ranking) and how images are read; ``device`` and ``runtime`` override its own."""
     if not 1 <= k <= max_k:
         raise InputError(f"k must be between 1 and max_k ({max_k}), not {k}")
     if max_upload_bytes < 1024:
@@ -547,7 +599,8 @@ def create_app(
         raise InputError(f"max_waiting must be 0 or more, not {max_waiting}")
     if not queue_timeout > 0:
         raise InputError(f"queue_timeout must be over 0 seconds, not {queue_timeout}")
-    searcher = Searcher(index_folder, device, runtime)
+    extract = (config or SearchConfig()).extract
+    searcher = Searcher(index_folder, device or extract.device, runtime or extract.runtime, config)
     slots = DecodeSlots(max_decodes, max_waiting, queue_timeout)
     name = _printable(title or f"lookalike · {Path(index_folder).name}")
     assets = _swagger_assets()
@@ -624,7 +677,7 @@ def create_app(
         answer = SearchResponse(
             query=file.filename or "upload",
             model=searcher.extractor.name,
-            metric=searcher.index.metric,
+            metric=searcher.score_name,
             k=k_,
             seconds=round(time.perf_counter() - started, 4),
             results=results,
@@ -638,11 +691,12 @@ def create_app(
             status="ok",
             images=len(searcher.names),
             model=searcher.extractor.name,
-            metric=searcher.index.metric,
+            metric=searcher.score_name,
             labelled=searcher.labels is not None,
             gallery_root_found=searcher.root.is_dir(),
             k=k,
             max_upload_bytes=max_upload_bytes,
+            refinement=searcher.describe(),
         )
 
     @app.get("/gallery/{path:lookalike_path}", response_class=FileResponse, responses={403: {}, 404: {}})

@@ -29,7 +29,12 @@ def _opt(kind: Any, *names: str, **info: Any) -> Any:
 
 
 MODEL = {
-    "model": (_opt(str | None, "--model", "-m", help="Method (see `lookalike models`); default efficientnet-lite0."), None),
+    "model": (
+        _opt(
+            str | None, "--model", "-m", help="Method (see `lookalike models`); default efficientnet-lite0."
+        ),
+        None,
+    ),
     "weights": (_opt(Path | None, "--weights", help="Local weights file for the model."), None),
     "pool": (_opt(str | None, "--pool", help="CNN pooling: avg, gem, mac or spoc."), None),
     "multiscale": (
@@ -41,7 +46,10 @@ MODEL = {
         None,
     ),
     "metric": (_opt(str | None, "--metric", help="cosine (default) or euclidean."), None),
-    "preset": (_opt(str | None, "--preset", help="Named settings (see `lookalike presets`), e.g. copies."), None),
+    "preset": (
+        _opt(str | None, "--preset", help="Named settings (see `lookalike presets`), e.g. copies."),
+        None,
+    ),
 }
 EXTRACT = {
     "device": (_opt(str, "--device", help="auto, cpu or cuda."), "auto"),
@@ -68,17 +76,25 @@ STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
         None,
     ),
     "whiten_dim": (_opt(int | None, "--whiten-dim", min=1, help="Keep this many whitened dimensions."), None),
-    "dba": (_opt(int | None, "--dba", min=0, help="Database-side augmentation with K neighbours; 0 = off."), None),
+    "dba": (
+        _opt(int | None, "--dba", min=0, help="Database-side augmentation with K neighbours; 0 = off."),
+        None,
+    ),
     "alpha": (_opt(float | None, "--alpha", help="Similarity exponent of --qe and --dba (default 3)."), None),
 }
 SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
-    "qe": (_opt(int | None, "--qe", min=0, help="Alpha query expansion with K (counting the query); 0 = off."), None),
+    "qe": (
+        _opt(int | None, "--qe", min=0, help="Alpha query expansion with K (counting the query); 0 = off."),
+        None,
+    ),
     "rerank": (
         _opt(str | None, "--rerank", help="Re-ranking: k-reciprocal, or spatial verification: surf, sift."),
         None,
     ),
     "rerank_top": (
-        _opt(int | None, "--rerank-top", min=1, help="How many top results re-ranking re-orders (default 100)."),
+        _opt(
+            int | None, "--rerank-top", min=1, help="How many top results re-ranking re-orders (default 100)."
+        ),
         None,
     ),
 }
@@ -136,15 +152,16 @@ def key_values(items: list[str] | None, option: str = "--model-option") -> dict[
 
 
 def extract_options(values: dict[str, Any]) -> ExtractOptions:
-    """ExtractOptions from the EXTRACT (and, where present, CACHE) group's values."""
+    """ExtractOptions from the EXTRACT (and, where present, CACHE) group's values; a group that
+    declares only some of them (the server's) gets the defaults for the rest."""
     return ExtractOptions(
         device=values["device"],
         runtime=values["runtime"],
-        batch_size=values["batch_size"],
-        num_workers=values["workers"],
-        max_pixels=values["max_pixels"],
-        strict=values["strict"],
-        progress=not values["quiet"],
+        batch_size=values.get("batch_size"),
+        num_workers=values.get("workers"),
+        max_pixels=values.get("max_pixels", DEFAULT_MAX_PIXELS),
+        strict=values.get("strict", False),
+        progress=not values.get("quiet", False),
         cache_dir=values.get("cache_dir"),
         use_cache=not values.get("no_cache", False),
     )
@@ -176,6 +193,13 @@ COMPARE_CONFIG = Group(
     _config,
 )
 INDEX_CONFIG = Group("config", {**MODEL, **EXTRACT, **STORED_STEPS}, _config)  # what an index stores
+# a server searches one index: the model and metric are checked against it, stored steps must match
+# it, query-side steps and re-ranking run on every request
+SERVE_CONFIG = Group(
+    "config",
+    {**MODEL, **{k: EXTRACT[k] for k in ("device", "runtime")}, **CACHE, **STORED_STEPS, **SEARCH_STEPS},
+    _config,
+)
 EXTRACTION = Group("extract", EXTRACT, lambda **v: extract_options(v))
 
 
@@ -212,6 +236,7 @@ def uses(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return wrapper
 
     return decorate
+
 
 QueryArg = Annotated[Path, typer.Argument(help="Query folder, image, .txt list or path,label .csv.")]
 GalleryArg = Annotated[Path, typer.Argument(help="Gallery folder, image, .txt list or path,label .csv.")]

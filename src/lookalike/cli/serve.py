@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
+from ..config import SearchConfig
 from ..errors import InputError
 from ._app import app, err, friendly
-from .options import Device, Runtime
+from .options import SERVE_CONFIG, uses
 
 
 @app.command("serve")
 @friendly
+@uses(SERVE_CONFIG)
 def serve_command(
     index: Annotated[Path, typer.Argument(help="Index folder to serve.")],
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
@@ -23,9 +25,9 @@ def serve_command(
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Upload size cap (413 past it).")
     ] = 20.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image accepted.")] = 50_000_000,
-    device: Device = "auto",
-    runtime: Runtime = "auto",
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Largest image accepted.")
+    ] = 50_000_000,
     title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     max_decodes: Annotated[
@@ -34,14 +36,18 @@ def serve_command(
     ] = None,
     max_waiting: Annotated[
         int | None,
-        typer.Option("--max-waiting", min=0, help="Searches that may wait for a slot (default 4 x max-decodes)."),
+        typer.Option(
+            "--max-waiting", min=0, help="Searches that may wait for a slot (default 4 x max-decodes)."
+        ),
     ] = None,
     queue_timeout: Annotated[
         float,
         typer.Option("--queue-timeout", min=0.001, help="Seconds a search waits for a slot before 503."),
     ] = 30.0,
+    config: SearchConfig | None = None,
 ) -> None:
-    """Serve an index over HTTP: POST /search, a search page at /, /health and /docs."""
+    """Serve an index over HTTP: POST /search, a search page at /, /health and /docs. Search
+    settings as for `lookalike search`: --qe and --rerank run on every request."""
     import uvicorn
 
     levels = ("critical", "error", "warning", "info", "debug", "trace")
@@ -57,12 +63,11 @@ def serve_command(
         max_k=max_k,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,
-        device=device,
-        runtime=runtime,
         title=title,
         max_decodes=max_decodes,
         max_waiting=max_waiting,
         queue_timeout=queue_timeout,
+        config=config,
     )
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app_, host=host, port=port, log_level=log_level)

@@ -27,9 +27,10 @@ import posixpath
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,10 +40,10 @@ from ..extract import Embeddings, ExtractOptions, Skipped, embed
 from ..features import Extractor, create_extractor
 from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text, temporary_target
 from ..images import ImageSet
-from ..knn import topk
+from ..knn import full_rankings, rankings_with_head, topk
 from ..methods import resolve_method
 from .backends import VectorIndex, create_backend, load_backend
-from .postprocess import IndexPostprocess
+from .stored_steps import IndexPostprocess
 
 MANIFEST = "lookalike-index.json"
 FORMAT = "lookalike-index"
@@ -86,6 +87,8 @@ class GalleryIndex:
     created: float = field(default_factory=time.time)
     post: IndexPostprocess = field(default_factory=IndexPostprocess)
     searchable: np.ndarray | None = None  # the processed vectors, when ``post`` is active
+
+    exhaustive: ClassVar[bool] = False  # a search ranks only its short list (see LocalFeatureIndex)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -237,6 +240,11 @@ class GalleryIndex:
         space: see ``query`` for raw features), best first."""
         ids, scores = self.backend.search(queries, k)
         return self.rows_of(ids), scores
+
+    def rankings(self, queries: np.ndarray, head: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Full exact rankings of the searched vectors for the metrics, in ``(first_query, order)``
+        blocks, with ``head`` (the short list a search returned, maybe re-ranked) as their start."""
+        return rankings_with_head(full_rankings(queries, self.search_vectors, self.metric), head)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``items`` for backend ids (-1 for none) by binary search over the sorted ids:

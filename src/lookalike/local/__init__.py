@@ -1,6 +1,7 @@
 """Local features: our own SURF, OpenCV SIFT/ORB, matching, RANSAC verification and re-ranking.
 
-``local_search(query, gallery, "surf", k=10)`` ranks a gallery by verified inliers;
+``local_search(query, gallery, "surf", k=10)`` ranks a gallery by verified inliers (through a
+:class:`LocalFeatureIndex`, the index of a local method);
 ``rerank(query_set, gallery_set, indices, scores, "sift", top_n=20)`` re-orders the short list of
 a global search; ``create_detector(name, **options)`` gives the detectors themselves.
 """
@@ -26,17 +27,12 @@ from .detectors import (  # noqa: E402
     available_methods,
     create_detector,
 )
+from .extraction import FeatureSet, extract_features  # noqa: E402
+from .index import LocalFeatureIndex, LocalResult, local_search, rank_by_verification  # noqa: E402
 from .keypoints import Features, Keypoints  # noqa: E402
 from .matching import MatchOptions, Verification, find_homography, match_descriptors, verify  # noqa: E402
-from .search import (  # noqa: E402
-    FeatureSet,
-    LocalResult,
-    extract_features,
-    local_search,
-    rank_by_verification,
-    rerank,
-)
 from .surf import SurfOptions, surf, surf_describe, surf_detect  # noqa: E402
+from .verification import rerank, verify_pairs  # noqa: E402
 
 __all__ = [
     "LOCAL_METHODS",
@@ -44,6 +40,7 @@ __all__ = [
     "FeatureSet",
     "Features",
     "Keypoints",
+    "LocalFeatureIndex",
     "LocalResult",
     "MatchOptions",
     "OrbDetector",
@@ -63,4 +60,5 @@ __all__ = [
     "surf_describe",
     "surf_detect",
     "verify",
+    "verify_pairs",
 ]

@@ -1,4 +1,6 @@
-"""Learned post-processing of global features, scikit-learn style: ``fit`` then ``transform``."""
+"""The steps between features and ranking, scikit-learn style (``fit`` then ``transform``): PCA
+whitening, database-side augmentation and alpha query expansion, one definition each; fitted at
+search time (``pipeline.Refinement``) or stored with an index (``index.stored_steps``)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..postprocess import PCAWhitening, Postprocess
+from ..steps import PCAWhitening, Postprocess
 
 
 @dataclass
