@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cache import FeatureCache, file_key
 from .errors import ImageError, InputError
-from .features.base import Extractor
+from .features.base import Extractor, OnnxGraph
 from .fileio import atomic_write
 from .images import DEFAULT_MAX_PIXELS, ImageSet, image_pixels, load_image
 
@@ -176,6 +176,12 @@ def make_runner(extractor: Extractor, device: torch.device, runtime: str, cache_
     """A function from a uint8 batch (n, 3, h, w) to L2-normalised float32 features (n, d)."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if extractor.graph is not None:  # already an ONNX graph (SSCD): ONNX Runtime is its only runtime
+        if runtime == "torch":
+            raise InputError(
+                f"{extractor.name} is an ONNX graph and runs through ONNX Runtime only; drop --runtime torch"
+            )
+        return _graph_runner(extractor.graph, device)
     use_onnx = device.type == "cpu" and extractor.exportable and runtime in ("auto", "onnx")
     if use_onnx:
         try:
@@ -221,6 +227,36 @@ def _onnx_runner(extractor: Extractor, cache_dir: Path | None) -> Runner:
 
     def run(batch: torch.Tensor) -> np.ndarray:
         return session.run(None, {"pixels": batch.numpy().astype(np.float32)})[0]
+
+    return run
+
+
+def _graph_runner(graph: OnnxGraph, device: torch.device) -> Runner:
+    """Runs a ready ONNX graph taking NHWC uint8 pixels: on CUDA where ONNX Runtime has that
+    provider (else on the CPU, with a warning), with as many threads as torch uses."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("this model needs onnxruntime: pip install onnxruntime") from None
+    if graph.layout != "nhwc-uint8":
+        raise InputError(f"{graph.path.name}: unsupported input layout {graph.layout!r}")
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            log.warning(
+                "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu): %s runs on the CPU",
+                graph.path.name,
+            )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(graph.path), options, providers=providers)
+
+    def run(batch: torch.Tensor) -> np.ndarray:
+        pixels = np.ascontiguousarray(batch.cpu().permute(0, 2, 3, 1).numpy(), dtype=np.uint8)
+        return np.asarray(session.run(None, {graph.input: pixels})[0], dtype=np.float32)
 
     return run
 

@@ -9,12 +9,11 @@ is imported only when such a name is asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import InputError
 from .features import Extractor, create_extractor
-from .features.registry import EXTRACTORS, list_extractors
+from .features.registry import EXTRACTORS, FAMILIES, is_extractor_name, list_extractors
 from .registry import Registry
 
 # options the CLI passes to every model (None when unset) that a local method has no use for
@@ -50,7 +49,7 @@ def _detectors() -> Registry:
 
 def is_local_method(name: object) -> bool:
     """True when ``name`` is a registered local-feature method (and not an extractor)."""
-    return isinstance(name, str) and name not in EXTRACTORS and name in _detectors()
+    return isinstance(name, str) and not is_extractor_name(name) and name in _detectors()
 
 
 def resolve_method(
@@ -61,7 +60,7 @@ def resolve_method(
     if isinstance(name, Extractor | LocalMethod):
         return name
     options = dict(options or {})
-    if name in EXTRACTORS or Path(name).suffix == ".pt":
+    if is_extractor_name(name):
         return create_extractor(name, **options)
     if is_local_method(name):
         given = {k: v for k, v in options.items() if v is not None}
@@ -70,8 +69,19 @@ def resolve_method(
             raise InputError(f"{name} is a local-feature method: {', '.join(stray)} apply to CNN models only")
         _detectors().create(name, **given)  # checks the options now, before any image is read
         return LocalMethod(name, given)
-    known = ", ".join([*EXTRACTORS.names(), *_detectors().names()])
+    families = [f"{prefix}:<model>" for prefix in FAMILIES.names()]
+    known = ", ".join([*EXTRACTORS.names(), *families, *_detectors().names()])
     raise InputError(f"unknown model {name!r}; choose one of {known}, or a checkpoint RUN_DIR/best.pt")
+
+
+def _cached_timm_rows() -> list[MethodInfo]:
+    """A row for each timm model whose pretrained weights are in the Hugging Face cache."""
+    from .features.timm_models import cached_timm_models
+
+    return [
+        MethodInfo(f"timm:{name}", "global", True, "cached in the Hugging Face cache", f"timm {name}")
+        for name in cached_timm_models()
+    ]
 
 
 def method_label(method: str | Extractor | LocalMethod) -> str:
@@ -85,6 +95,10 @@ def list_methods() -> list[MethodInfo]:
     for info in list_extractors():
         ok, note = info.weights_status()
         rows.append(MethodInfo(info.name, "global", ok, note, info.description))
+    for family in FAMILIES:
+        ok, note = family.info["weights_status"]()
+        rows.append(MethodInfo(f"{family.name}:<model>", "global", ok, note, family.description))
+    rows += _cached_timm_rows()
     for entry in _detectors():
         doc = entry.description or f"{entry.name} keypoints"
         rows.append(MethodInfo(entry.name, "local", True, "no weights", f"{doc}; matched and RANSAC-verified"))

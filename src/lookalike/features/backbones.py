@@ -49,9 +49,10 @@ class Backbone:
     description: str
     identity: dict[str, Any] = field(default_factory=dict)
 
-    def pooled(self, pool: str = "avg", gem_p: float = 3.0) -> PooledBackbone:
-        """The trunk followed by global pooling: (n, 3, h, w) -> (n, channels)."""
-        return PooledBackbone(self.trunk, GlobalPool(pool, gem_p))
+    def pooled(self, pool: str | None = None, gem_p: float = 3.0) -> nn.Module:
+        """The trunk followed by global pooling: (n, 3, h, w) -> (n, channels); None is the
+        backbone's own pooling (average for these CNNs)."""
+        return PooledBackbone(self.trunk, GlobalPool(pool or "avg", gem_p))
 
 
 class PooledBackbone(nn.Module):
@@ -70,12 +71,26 @@ def create_backbone(name: str, pretrained: bool | str = True, **options: Any) ->
     """The backbone called ``name`` (one of ``BACKBONES``) with the weights ``pretrained`` names.
 
     Options: ``classifier`` (EfficientNet-Lite0 only, default True) keeps the ImageNet classifier
-    inside the trunk's ``net`` (unused by ``forward``; handy for checks), False drops it.
+    inside the trunk's ``net`` (unused by ``forward``; handy for checks), False drops it; ``size``
+    (timm models only) the input size. ``timm:<model>`` (or a timm alias such as ``dinov2``) is
+    any timm model; SSCD is refused: an int8 ONNX graph cannot be trained.
     """
-    builders = {"efficientnet-lite0": _lite0, "resnet50": _resnet50}
+    from .timm_models import ALIASES, timm_backbone
+
+    if name in ("sscd", "sscd-distilled"):
+        raise InputError(
+            f"{name} is a fixed int8/fp16 ONNX graph and cannot be fine-tuned or used as a trunk; train on "
+            "timm:<model>, efficientnet-lite0 or resnet50 and search with -m sscd"
+        )
+    builders: dict[str, Any] = {"efficientnet-lite0": _lite0, "resnet50": _resnet50}
+    if name.startswith("timm:") or name in ALIASES:
+        model = name.removeprefix("timm:")
+        builders[name] = lambda pretrained, size=None: timm_backbone(model, pretrained, size)
     build = builders.get(name)
     if build is None:
-        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise InputError(
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, {', '.join(ALIASES)} or timm:<model>"
+        )
     try:
         inspect.signature(build).bind(pretrained, **options)
     except TypeError as exc:
@@ -101,6 +116,14 @@ def load_weights_file(model: nn.Module, path: str | Path, *, optional_prefixes: 
             state = state[key]
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{path}: holds no state dict")
+    fit_state_dict(model, state, path, optional_prefixes=optional_prefixes)
+
+
+def fit_state_dict(
+    model: nn.Module, state: dict[str, Any], path: str | Path, *, optional_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load ``state`` (read from ``path``) into ``model``: keys under ``optional_prefixes`` may be
+    missing, anything else that does not fit is an error naming the file and the first keys."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         result = model.load_state_dict(state, strict=False)

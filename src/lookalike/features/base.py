@@ -58,21 +58,42 @@ class FeatureNet(nn.Module):
         return total if len(self.scales) == 1 else nn.functional.normalize(total, p=2.0, dim=1, eps=1e-12)
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """A model that already is an ONNX graph (SSCD): ONNX Runtime runs the file at ``path`` as it is.
+
+    Its input ``input`` takes (n, h, w, 3) uint8 RGB pixels (``layout`` "nhwc-uint8"; the graph
+    normalises them itself) and its first output is the (n, d) feature matrix, L2-normalised.
+    """
+
+    path: Path
+    input: str = "image"
+    layout: str = "nhwc-uint8"
+
+
 @dataclass
 class Extractor:
     """A named feature model ready to embed images.
 
     ``options`` are the creation options (saved with caches and indexes so a result can be
     explained and reproduced); ``exportable`` says whether the ONNX CPU runtime may run it.
+    An extractor is either a torch ``module`` (run eagerly, on CUDA or exported to ONNX) or a
+    ready ONNX ``graph`` (``module`` None) that only ONNX Runtime runs.
     """
 
     name: str
-    module: FeatureNet
+    module: FeatureNet | None
     preprocess: Preprocess
     dim: int
     options: dict[str, Any] = field(default_factory=dict)
     exportable: bool = True
     identity: dict[str, Any] = field(default_factory=dict)
+    graph: OnnxGraph | None = None
+
+    def __post_init__(self) -> None:
+        """One way to run it: a torch module or an ONNX graph, never neither or both."""
+        if (self.module is None) == (self.graph is None):
+            raise ValueError(f"extractor {self.name!r} needs exactly one of a torch module or an ONNX graph")
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the features: name, options, preprocessing, weights."""

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..features.backbones import create_backbone
 from ..features.base import Preprocess
 from ..features.pooling import GlobalPool
+from ..features.timm_models import ALIASES as TIMM_ALIASES
 from .losses import contrastive_loss, triplet_loss
 
 # Networks trained from scratch see pixels scaled to -1..1.
@@ -119,17 +120,22 @@ class SmallCNN(nn.Module):
 
 
 def pretrained_backbone(
-    name: str, *, pretrained: bool, weights: str | None
+    name: str, *, pretrained: bool, weights: str | None, size: tuple[int, int] | None = None
 ) -> tuple[nn.Module, int, Preprocess]:
-    """An ImageNet trunk (``features.backbones``) with global average pooling, its output size and
-    its own normalisation; ``weights`` replaces the default ImageNet weights.
+    """A pretrained trunk (``features.backbones``: efficientnet-lite0, resnet50 or ``timm:<model>``)
+    with its own pooling (global average for the CNNs, a timm model's pre-logits), its output size
+    and its own normalisation; ``weights`` replaces the default pretrained weights.
 
-    ``pretrained=False`` builds the bare architecture (a checkpoint's weights are loaded over it).
+    ``pretrained=False`` builds the bare architecture (a checkpoint's weights are loaded over it);
+    ``size`` is the training image size, which a timm transformer is resized to.
     """
-    # the ImageNet classifier of EfficientNet-Lite0 is not used
-    options = {"classifier": False} if name == "efficientnet-lite0" else {}
+    options: dict[str, Any] = {}
+    if name == "efficientnet-lite0":
+        options["classifier"] = False  # the ImageNet classifier of EfficientNet-Lite0 is not used
+    elif (name.startswith("timm:") or name in TIMM_ALIASES) and size is not None:
+        options["size"] = tuple(size)  # a timm transformer's position embeddings follow the image size
     backbone = create_backbone(name, pretrained=(weights or True) if pretrained else False, **options)
-    return backbone.pooled("avg"), backbone.channels, backbone.preprocess
+    return backbone.pooled(), backbone.channels, backbone.preprocess
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:
@@ -213,7 +219,7 @@ def build_siamese(
         dim, preprocess = trunk.out_dim, Preprocess(size, SCRATCH_MEAN, SCRATCH_STD)
     else:
         trunk, dim, own = pretrained_backbone(
-            opts["trunk"], pretrained=pretrained, weights=opts["trunk_weights"]
+            opts["trunk"], pretrained=pretrained, weights=opts["trunk_weights"], size=size
         )
         preprocess = Preprocess(size, own.mean, own.std)
     return SiameseNet(trunk, dim, opts), preprocess
@@ -441,6 +447,6 @@ def build_finetune(
     opts: dict[str, Any], n_classes: int, pretrained: bool
 ) -> tuple[TrainableModel, Preprocess]:
     backbone, dim, own = pretrained_backbone(
-        opts["backbone"], pretrained=pretrained, weights=opts["backbone_weights"]
+        opts["backbone"], pretrained=pretrained, weights=opts["backbone_weights"], size=opts["image_size"]
     )
     return FinetuneNet(backbone, dim, opts, n_classes), Preprocess(opts["image_size"], own.mean, own.std)
