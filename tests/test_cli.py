@@ -228,3 +228,30 @@ def test_index_build_stores_whitening_and_search_applies_it(photo_set: tuple[Pat
     assert json.loads(out.read_text())["refinement"]["index"]["whiten"]["dim"] == 6
     twice = runner.invoke(app, ["search", str(query), str(target), "--whiten"])
     assert twice.exit_code != 0 and "already stores whiten" in twice.output
+
+
+def test_search_min_score_keeps_only_passing_matches(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    """--min-score S (or a calibrate file) returns only results scoring S or more, maybe none, and
+    the summary counts the queries that matched; a file for another model is refused in one line."""
+    query, gallery = photo_set
+    full, cut = tmp_path / "full.json", tmp_path / "cut.json"
+    assert _invoke("search", query, gallery, "-k", "4", "--scores", "-o", full, "-q").exit_code == 0
+    ranked = json.loads(full.read_text())
+    scores = sorted(r["score"] for rows in ranked.values() for r in rows)
+    m = len(scores) // 2
+    s = round((scores[m - 1] + scores[m]) / 2, 6)  # between two scores, clear of the JSON's rounding
+    assert scores[m] - scores[m - 1] > 1e-5
+    summary = tmp_path / "summary.json"
+    result = _invoke("search", query, gallery, "-k", "4", "--scores", "--min-score", s, "-o", cut, "--summary", summary)
+    assert result.exit_code == 0, result.output
+    kept = json.loads(cut.read_text())
+    assert kept == {q: [r for r in rows if r["score"] >= s] for q, rows in ranked.items()}
+    matched = sum(bool(rows) for rows in kept.values())
+    assert json.loads(summary.read_text())["matched_queries"] == matched
+    assert f"{matched} of {len(kept)} queries have a match" in result.output
+    nothing = _invoke("search", query, gallery, "--min-score", "1.5", "-o", cut, "-q")
+    assert nothing.exit_code == 0 and all(rows == [] for rows in json.loads(cut.read_text()).values())
+    threshold = tmp_path / "t.json"
+    threshold.write_text(json.dumps({"threshold": s, "score": "cosine", "model": {"name": "pixels"}}))
+    wrong = _invoke("search", query, gallery, "--min-score", threshold, "-o", cut, "-q")
+    assert wrong.exit_code == 2 and wrong.output.count("\n") == 1 and "model 'pixels'" in wrong.output

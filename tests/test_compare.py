@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import lookalike
-from lookalike.compare import FIGURES, compare
+from lookalike.compare import CSV_NAMES, FIGURES, compare
 from lookalike.errors import InputError
 from lookalike.index import build_index
 
@@ -32,9 +32,12 @@ def test_compare_figures_equal_evaluate(
     for row, line in zip(table.rows, written, strict=True):
         alone = lookalike.evaluate(query, gallery, model=row.method, options=options).metrics
         assert alone is not None
-        expected = {f"top-{k}": v for k, v in alone.top_k.items()} | {"mAP": alone.mean_ap}
+        expected = {f"top-{k}": v for k, v in alone.top_k.items()} | {
+            "mAP": alone.mean_ap,
+            "µAP": alone.micro_ap,
+        }
         assert row.figures() == expected
-        assert {f: float(line[f]) for f in FIGURES} == expected
+        assert {f: float(line[CSV_NAMES.get(f, f)]) for f in (*FIGURES, "µAP")} == expected
         assert line["method"] == row.method and int(line["queries"]) == alone.n_queries == 5
         assert (
             f"| {row.method} | {row.model['name']} | " + " | ".join(f"{v:.4f}" for v in expected.values())

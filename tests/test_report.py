@@ -57,6 +57,7 @@ def test_report_holds_every_query_and_its_results_in_order(
         "top-3": pixels_run.metrics.top_k[3],
         "top-10": pixels_run.metrics.top_k[10],
         "mAP": pixels_run.metrics.mean_ap,
+        "µAP": pixels_run.metrics.micro_ap,
     }
     # self-contained: no external fetches
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
@@ -197,7 +198,9 @@ def test_thumbnail_follows_exif_orientation(tmp_path: Path) -> None:
     assert thumb.size == (8, 16)
 
 
-def test_subtitle_names_the_options_that_shaped_the_ranking(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+def test_subtitle_names_the_options_that_shaped_the_ranking(
+    photo_set: tuple[Path, Path], tmp_path: Path
+) -> None:
     from lookalike.pipeline import Refinement
 
     query, gallery = photo_set

@@ -87,6 +87,7 @@ def test_health_and_openapi(served: Served) -> None:
         "k": 5,
         "max_upload_bytes": LIMIT,
         "refinement": {},
+        "min_score": None,
     }
     spec = served.client.get("/openapi.json").json()
     assert {"/search", "/health", "/gallery/{path}", "/thumbnail/{path}"} <= set(spec["paths"])
@@ -400,3 +401,48 @@ def test_server_takes_a_search_config(served: Served) -> None:
     ):
         with pytest.raises(InputError, match=message):
             create_app(served.index, config=SearchConfig.from_preset(**bad))
+
+
+def test_min_score_and_check(served: Served, tmp_path: Path) -> None:
+    """POST /search?min_score keeps only the results that pass; POST /check answers "is this a copy
+    of something indexed, and of what" with the server's threshold (a number or a calibrate file)
+    or the request's; a file for another score or model is refused at start."""
+    query = sorted(served.query.rglob("*.jpg"))[0]
+    full = upload(served.client, query.read_bytes(), k=5).json()["results"]
+    cut = (full[0]["score"] + full[-1]["score"]) / 2
+    passed = served.client.post(
+        "/search", files={"file": ("q.jpg", query.read_bytes(), "image/jpeg")}, params={"min_score": cut, "k": 5}
+    ).json()
+    assert [r["path"] for r in passed["results"]] == [r["path"] for r in full if r["score"] >= cut]
+    assert 0 < len(passed["results"]) < len(full) and passed["min_score"] == cut
+    assert served.client.post("/check", files={"file": ("q.jpg", query.read_bytes(), "image/jpeg")}).status_code == 400
+    model = lookalike.index.GalleryIndex.open(served.index).model
+    threshold = tmp_path / "t.json"
+    threshold.write_text(json.dumps({"threshold": cut, "score": "cosine", "model": model}), encoding="utf-8")
+    with TestClient(create_app(served.index, k=5, min_score=threshold)) as client:
+        assert client.get("/health").json()["min_score"] == cut
+        answer = client.post("/check", files={"file": ("q.jpg", query.read_bytes(), "image/jpeg")}).json()
+        assert answer["duplicate"] is True and answer["min_score"] == cut
+        assert [m["path"] for m in answer["matches"]] == [r["path"] for r in passed["results"]]
+        strict = client.post(
+            "/check", files={"file": ("q.jpg", query.read_bytes(), "image/jpeg")}, params={"min_score": 1.01}
+        ).json()
+        assert strict["duplicate"] is False and strict["matches"] == []
+    threshold.write_text(json.dumps({"threshold": cut, "score": "euclidean", "model": model}), encoding="utf-8")
+    with pytest.raises(InputError, match="euclidean scores"):
+        create_app(served.index, min_score=threshold)
+
+
+def test_server_normalises_scores_as_search_does(served: Served) -> None:
+    from lookalike.config import SearchConfig
+
+    config = SearchConfig.from_preset(
+        refinement={"score_norm": 3}, extract=lookalike.ExtractOptions(progress=False, cache_dir=served.cache)
+    )
+    query = sorted(served.query.rglob("*.jpg"))[1]
+    expected = lookalike.search(query, served.index, k=4, config=config)
+    with TestClient(create_app(served.index, k=4, config=config)) as client:
+        answer = upload(client, query.read_bytes()).json()
+    assert answer["metric"] == expected.metric == "normalised cosine"
+    assert [r["path"] for r in answer["results"]] == expected.ranking()[expected.query_names[0]]
+    assert [r["score"] for r in answer["results"]] == pytest.approx(expected.scores[0].tolist(), abs=1e-4)

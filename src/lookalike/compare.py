@@ -25,11 +25,15 @@ from .pipeline import Refinement, evaluate
 from .plots import figure, png_bytes
 
 FIGURES = tuple(f"top-{k}" for k in TOP_KS) + ("mAP",)
+# shown when the metrics hold them (µAP over the short lists; precision and recall at a threshold)
+OPTIONAL_FIGURES = ("µAP", "precision", "recall")
+CSV_NAMES = {"µAP": "uAP"}  # the metrics JSON's ASCII key
 
 
 @dataclass
 class MethodResult:
-    """One method's figures on the split: top-k accuracy, mAP, queries counted, time taken."""
+    """One method's figures on the split: top-k accuracy, mAP, queries counted, time taken, and
+    µAP and precision/recall at ``threshold`` when its metrics hold them."""
 
     method: str
     model: dict[str, Any]
@@ -38,11 +42,18 @@ class MethodResult:
     n_queries: int
     excluded: int
     seconds: float
+    micro_ap: float | None = None
+    threshold: float | None = None
+    precision: float | None = None
+    recall: float | None = None
 
     def figures(self) -> dict[str, float]:
-        """``{"top-1": ..., "top-3": ..., "top-10": ..., "mAP": ...}``."""
+        """``{"top-1": ..., "top-3": ..., "top-10": ..., "mAP": ...}``, then ``"µAP"``,
+        ``"precision"`` and ``"recall"`` for those the metrics hold."""
         out = {f"top-{k}": v for k, v in self.top_k.items()}
         out["mAP"] = self.mean_ap
+        extra = {"µAP": self.micro_ap, "precision": self.precision, "recall": self.recall}
+        out.update({name: v for name, v in extra.items() if v is not None})
         return out
 
 
@@ -56,21 +67,35 @@ class Comparison:
     rows: list[MethodResult]
     files: dict[str, Path] = field(default_factory=dict)
 
+    def figure_names(self) -> list[str]:
+        """The columns: top-1/3/10 and mAP, then µAP, precision, recall where any row has them."""
+        present = {name for row in self.rows for name in row.figures()}
+        return [*FIGURES, *(name for name in OPTIONAL_FIGURES if name in present)]
+
+    def _cells(self, row: MethodResult, text: Any) -> list[str]:
+        values = row.figures()
+        return [text(values[name]) if name in values else "" for name in self.figure_names()]
+
     def to_markdown(self) -> str:
         """A Markdown page: the split, then one table row per method (figures to 4 decimals)."""
-        head = ["method", "model", *FIGURES, "queries", "seconds"]
+        head = ["method", "model", *self.figure_names(), "queries", "seconds"]
+        about = "top-k: share of queries with a correct image among the first k; mAP over full rankings"
+        if "µAP" in head:
+            about += "; µAP over all pairs of the short lists ranked together by score (DISC21)"
+        thresholds = sorted({row.threshold for row in self.rows if row.threshold is not None})
+        if thresholds:
+            about += f"; precision and recall of the pairs at score threshold {', '.join(f'{t:g}' for t in thresholds)}"
         lines = [
             "# Method comparison",
             "",
-            f"Queries `{self.query}`, gallery `{self.gallery}`, {self.metric} scores; "
-            "top-k: share of queries with a correct image among the first k; mAP over full rankings.",
+            f"Queries `{self.query}`, gallery `{self.gallery}`, {self.metric} scores; {about}.",
             "",
             "| " + " | ".join(head) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |",
         ]
         for row in self.rows:
             cells = [_md(row.method), _md(row.model.get("name", ""))]
-            cells += [f"{v:.4f}" for v in row.figures().values()]
+            cells += self._cells(row, lambda v: f"{v:.4f}")
             cells += [str(row.n_queries), f"{row.seconds:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         excluded = {row.excluded for row in self.rows}
@@ -82,16 +107,17 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
-        """CSV with full-precision figures, one row per method."""
+        """CSV with full-precision figures, one row per method (µAP's column is ``uAP``)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["method", "model", *FIGURES, "queries", "excluded", "seconds"])
+        names = [CSV_NAMES.get(name, name) for name in self.figure_names()]
+        writer.writerow(["method", "model", *names, "queries", "excluded", "seconds"])
         for row in self.rows:
             writer.writerow(
                 [
                     row.method,
                     row.model.get("name", ""),
-                    *(repr(v) for v in row.figures().values()),
+                    *self._cells(row, repr),
                     row.n_queries,
                     row.excluded,
                     round(row.seconds, 3),
@@ -130,7 +156,7 @@ def compare(
 ) -> Comparison:
     """Evaluate each method (a model name, a checkpoint ``.pt`` path or an Extractor) on the same
     labelled split and, when ``out_dir`` is given, write ``comparison.md``, ``comparison.csv`` and
-    ``comparison.png`` (top-1/3/10 and mAP bars) there. Every model is built before any extraction
+    ``comparison.png`` (top-1/3/10, mAP and, when known, µAP bars) there. Every model is built before any extraction
     starts, so an unknown name or missing checkpoint fails at once."""
     labels = [method_label(m) for m in methods]
     if not labels:
@@ -154,6 +180,7 @@ def compare(
         )
         assert run.metrics is not None
         seconds = float(run.stats.get("extract_seconds", 0.0)) + float(run.stats.get("search_seconds", 0.0))
+        figures = run.metrics.as_dict()  # µAP ("uAP") and precision/recall at a threshold when present
         rows.append(
             MethodResult(
                 method=label,
@@ -163,6 +190,10 @@ def compare(
                 n_queries=run.metrics.n_queries,
                 excluded=len(run.metrics.excluded),
                 seconds=seconds,
+                micro_ap=figures.get("uAP"),
+                threshold=figures.get("threshold"),
+                precision=figures.get("precision"),
+                recall=figures.get("recall"),
             )
         )
     table = Comparison(str(q_set.source), str(g_set.source), metric or "cosine", rows)
@@ -191,20 +222,24 @@ def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = Tr
 
 
 def bar_chart(table: Comparison) -> bytes:
-    """PNG bytes of grouped bars: one group per figure (top-1/3/10, mAP), one bar per method."""
+    """PNG bytes of grouped bars: one group per figure (top-1/3/10, mAP, and µAP, precision,
+    recall where known), one bar per method."""
     n = len(table.rows)
     if n == 0:
         raise InputError("nothing to chart: the comparison has no methods")
+    names = table.figure_names()
     width = 0.8 / n
-    fig = figure(figsize=(min(20.0, max(6.5, 3.0 + 0.5 * n * len(FIGURES))), 4.2), dpi=120)
+    fig = figure(figsize=(min(20.0, max(6.5, 3.0 + 0.5 * n * len(names))), 4.2), dpi=120)
     ax = fig.add_subplot()
     palette = [f"C{i}" for i in range(10)]  # matplotlib's default colour cycle
     for i, row in enumerate(table.rows):
-        values = list(row.figures().values())
-        xs = [g + (i - (n - 1) / 2) * width for g in range(len(FIGURES))]
+        figures = row.figures()
+        values = [figures.get(name, 0.0) for name in names]
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(names))]
         bars = ax.bar(xs, values, width * 0.92, label=row.method, color=palette[i % len(palette)])
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
-    ax.set_xticks(range(len(FIGURES)), FIGURES)
+        texts = [f"{figures[name]:.2f}" if name in figures else "" for name in names]
+        ax.bar_label(bars, labels=texts, fontsize=7, padding=1)
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score")
     ax.set_title(f"{Path(table.query).name} vs {Path(table.gallery).name}: {table.rows[0].n_queries} queries")

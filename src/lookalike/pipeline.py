@@ -14,13 +14,15 @@ from .cache import default_cache_dir
 from .errors import InputError, NothingToProcessError
 from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
 from .features import Extractor
+from .features.regions import region_boxes, with_regions
 from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
+from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
-from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings
+from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings, is_higher_better
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .steps import Postprocess
+from .steps import Postprocess, ScoreNormalisation
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -44,6 +46,7 @@ class SearchRun:
     stats: dict[str, Any] = field(default_factory=dict)
     metrics: RetrievalMetrics | None = None
     refinement: dict[str, Any] = field(default_factory=dict)
+    min_score: float | None = None
 
     def ranking(self) -> dict[str, list[str]]:
         """``{query: [gallery images, best first]}`` with paths relative to their roots."""
@@ -88,6 +91,27 @@ class SearchRun:
             for q, row in zip(self.query_names, self.indices, strict=True)
         }
 
+    def keep_at_least(self, min_score: float | str | Path) -> None:
+        """Drop the results worse than ``min_score`` (a number, or a ``lookalike calibrate`` file,
+        which must be for this run's score and model): they become -1, "no result", so a query's
+        list may end early or be empty. Similarities pass at or above it, distances at or below."""
+        from .calibrate import load_threshold
+        from .metrics import accepts, is_higher_better
+
+        if isinstance(min_score, str | Path) and not _is_number(min_score):
+            threshold = float(load_threshold(min_score, score=self.metric, model=self.model))
+        else:
+            threshold = float(min_score)
+            if not np.isfinite(threshold):
+                raise InputError(
+                    f"--min-score must be a finite number or a threshold file, got {min_score!r}"
+                )
+        keep = accepts(self.scores, threshold, higher_is_better=is_higher_better(self.metric)) & (
+            self.indices >= 0
+        )
+        self.indices = np.where(keep, self.indices, -1)
+        self.min_score = threshold
+
     def write_json(self, path: str | Path, **kwargs: Any) -> None:
         """Write :meth:`to_json` to ``path`` atomically (UTF-8; see :func:`lookalike.fileio.json_text`
         for names that are not valid UTF-8)."""
@@ -108,9 +132,22 @@ class SearchRun:
                 for s in items
             ],
         }
+        if self.min_score is not None:
+            out["min_score"] = self.min_score
+            out["matched_queries"] = (
+                int(np.sum(np.any(self.indices >= 0, axis=1))) if self.indices.size else 0
+            )
         if self.metrics is not None:
             out["metrics"] = self.metrics.as_dict()
         return out
+
+
+def _is_number(text: str | Path) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def check_format(fmt: str, *, group: str | None = None, scores: bool = False) -> None:
@@ -167,6 +204,7 @@ def search(
     gallery_labels: str | Path | None = None,
     refinement: Refinement | None = None,
     config: SearchConfig | None = None,
+    min_score: float | str | Path | None = None,
 ) -> SearchRun:
     """Rank ``gallery`` for every image of ``query``; the CLI's ``search``.
 
@@ -175,6 +213,9 @@ def search(
     efficientnet-lite0 and ``metric`` to cosine. With ``evaluate`` both sides must be labelled,
     and ``metrics`` is filled from full rankings; ``refinement`` adds whitening, DBA, QE and
     re-ranking. ``config`` (a :class:`lookalike.config.SearchConfig`) gives all of those at once.
+    ``min_score`` (a number, or a threshold file written by ``lookalike calibrate``) keeps only the
+    results at least that good (at most that distance), so a query may have none: "is this a copy
+    of anything?". Metrics still describe the full short lists.
     """
     if config is not None:  # one object for every setting (the CLI's way); the keywords stay for the API
         if any(v is not None for v in (model, model_options, metric, options, refinement)):
@@ -192,6 +233,7 @@ def search(
     t0 = time.perf_counter()
     q_items, q_found = side.encode(q_set, opts, "queries")
     side.embed(opts)
+    normaliser = side.normaliser(refine, opts)
     t1 = time.perf_counter()
     # one search path: every gallery is an index (a saved one, the in-memory exact index of a
     # folder's vectors, one over vectors that search-time steps changed, or a local method's
@@ -203,9 +245,13 @@ def search(
     shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
     if evaluate and searched.exhaustive:  # it ranks the whole gallery anyway: keep all of it
         shortlist = max(shortlist, len(searched))
+    if normaliser is not None and normaliser.background is None:  # the k-th gallery score is needed
+        shortlist = max(shortlist, normaliser.k)
     head, head_scores = searched.search(queries, shortlist)
     if reranker is not None:
         head, head_scores = reranker.rerank(np.arange(len(queries)), head)
+    if normaliser is not None:
+        head_scores = head_scores - normaliser.bias(queries, head_scores)[:, None]
     indices, scores = head[:, :k], head_scores[:, :k]
     t2 = time.perf_counter()
     run = SearchRun(
@@ -213,7 +259,7 @@ def search(
         gallery_names=searched.names,
         indices=indices,
         scores=scores,
-        metric=searched.metric if reranker is None else reranker.score_name,
+        metric=score_name(searched.metric, reranker, normaliser),
         model=side.describe_model(),
         skipped={
             "query": _link_skips(q_set) + q_found.skipped,
@@ -227,14 +273,27 @@ def search(
         },
         refinement=side.describe_refinement(refine),
     )
-    if evaluate:
+    if min_score is not None:
+        run.keep_at_least(min_score)
+    if evaluate:  # µAP over the written lists (before --min-score), P/R at --min-score when given
         run.metrics = evaluate_rankings(
             searched.rankings(queries, head),
             [q_set.labels[i] for i in q_found.indices],
             searched.labels,
             run.query_names,
+            head=indices,
+            head_scores=scores,
+            higher_is_better=is_higher_better(run.metric),
+            threshold=run.min_score,
         )
     return run
+
+
+def score_name(metric: str, reranker: Reranker | None, normaliser: ScoreNormalisation | None) -> str:
+    """What a run's scores are: the metric's, a re-ranker's own, or normalised similarities."""
+    if reranker is not None:
+        return reranker.score_name
+    return f"normalised {metric}" if normaliser is not None else metric
 
 
 def gallery_side(
@@ -271,10 +330,26 @@ def gallery_side(
                 f"{gallery} is an index built with {_options_text(stored, differ)}: its model options are "
                 f"fixed when it is built, so {', '.join(differ)} cannot change here"
             )
+        if refinement is not None and refinement.regions:
+            raise InputError(
+                f"--regions describes gallery images by regions as they are read: search the image folder, "
+                f"not the index {gallery}"
+            )
         return _index_side(index, model, metric)
     g_set = _as_image_set(gallery, gallery_labels)
     extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
-    return GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
+    levels = refinement.regions if refinement is not None else 0
+    if not levels:
+        return GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
+    regional = with_regions(extractor, levels)
+    return GallerySide(
+        extractor=regional,
+        metric=metric or "cosine",
+        images=g_set,
+        query_extractor=regional if refinement.query_regions else extractor,
+        regions=len(region_boxes(levels)),
+        query_regions=len(region_boxes(levels)) if refinement.query_regions else 1,
+    )
 
 
 @dataclass
@@ -285,13 +360,19 @@ class Refinement(Postprocess):
     :class:`~lookalike.steps.Postprocess` steps, fitted at search time — then re-ranking of
     each query's top ``rerank_top`` by a registered re-ranker (``rerank``: k-reciprocal with
     ``k1``, ``k2``, ``lambda_value``, or spatial verification). Anything that changes vectors
-    makes an index search exact."""
+    makes an index search exact. Last, ``score_norm`` = k subtracts from each query's cosine
+    similarities its similarity to its k-th neighbour in ``background`` (a folder of unrelated
+    images; default the gallery itself): :class:`~lookalike.steps.ScoreNormalisation`."""
 
     rerank: str | None = None
     rerank_top: int = 100
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+    score_norm: int = 0
+    background: str | Path | None = None
+    regions: int = 0
+    query_regions: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -299,6 +380,22 @@ class Refinement(Postprocess):
             RERANKERS.get(self.rerank)  # an unknown name fails here, before any work
         if self.rerank_top < 1:
             raise InputError(f"--rerank-top must be at least 1, got {self.rerank_top}")
+        if self.score_norm < 0:
+            raise InputError(f"--score-norm must be 0 (off) or positive, got {self.score_norm}")
+        if self.score_norm and self.rerank is not None:
+            raise InputError(
+                "--score-norm normalises similarities; a re-ranker's scores are its own: use one or the other"
+            )
+        if self.background is not None and not self.score_norm:
+            raise InputError("--background is the reference set of --score-norm K: give --score-norm too")
+        if self.regions:
+            region_boxes(self.regions)  # checks the level
+        if self.query_regions and not self.regions:
+            raise InputError("--query-regions searches by the regions of --regions L: give --regions too")
+        if self.regions and self.background is not None:
+            raise InputError(
+                "--background with --regions is not supported: --score-norm uses the gallery then"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The active steps and their parameters (empty when none is on)."""
@@ -311,14 +408,29 @@ class Refinement(Postprocess):
                 "k2": self.k2,
                 "lambda": self.lambda_value,
             }
+        if self.regions:
+            out["regions"] = {
+                "levels": self.regions,
+                "count": len(region_boxes(self.regions)),
+                "query": self.query_regions,
+            }
+        if self.score_norm:
+            out["score_norm"] = {
+                "k": self.score_norm,
+                "background": None if self.background is None else str(self.background),
+            }
         return out
+
+    def fit_steps(self, gallery: np.ndarray) -> Postprocess:
+        """A fresh copy of the vector steps fitted on this gallery (the object itself stays unfitted)."""
+        return Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
 
     def apply(self, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(queries, gallery, changed): the vectors after whitening, DBA and QE, fitted here on
         this gallery (a fresh copy of the steps, so the object itself stays unfitted)."""
         if not (self.whiten or self.dba or self.qe):
             return queries, np.asarray(gallery), False
-        steps = Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
+        steps = self.fit_steps(gallery)
         processed = steps.gallery(gallery) if (self.whiten or self.dba) else np.asarray(gallery)
         return steps.queries(queries, processed), processed, bool(self.whiten or self.dba)
 
@@ -361,6 +473,9 @@ class GallerySide:
     n_cached: int = 0
     kept: list[int] = field(default_factory=list)
     vectors: np.ndarray | None = None  # the vectors searched, after the search-time steps
+    query_extractor: Extractor | None = None  # another view of the queries (whole image vs regions)
+    regions: int = 1  # region vectors per gallery image (see features.regions)
+    query_regions: int = 1
 
     @property
     def labelled(self) -> bool:
@@ -416,7 +531,7 @@ class GallerySide:
 
     def encode(self, images: ImageSet, opts: ExtractOptions, label: str) -> tuple[np.ndarray, Embeddings]:
         """The query vectors (and which images gave them), from the cache or extracted."""
-        found = _embed_set(self.extractor, images, opts, label)
+        found = _embed_set(self.query_extractor or self.extractor, images, opts, label)
         return found.features, found
 
     def embed(self, opts: ExtractOptions) -> None:
@@ -444,6 +559,13 @@ class GallerySide:
         then the search-time steps; when those change the gallery vectors (whitening, DBA) an exact
         in-memory index over the changed vectors is searched instead."""
         index = self.index
+        if self.regions > 1:  # one vector per region: searched as region rows, answered per image
+            dim = index.dim // self.regions
+            flat_q = np.asarray(queries).reshape(-1, dim)
+            queries, self.vectors, _ = refine.apply(flat_q, np.asarray(index.search_vectors).reshape(-1, dim))
+            names = [name for name in index.names for _ in range(self.regions)]
+            inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
+            return queries, RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
         if self.images is None and index.post.active:
             queries = index.post.queries(queries)
         queries, self.vectors, changed = refine.apply(queries, index.search_vectors)
@@ -451,13 +573,38 @@ class GallerySide:
             index = GalleryIndex.from_embeddings(self.vectors, index.names, index.labels, metric=self.metric)
         return queries, index
 
+    def normaliser(self, refine: Refinement, opts: ExtractOptions) -> ScoreNormalisation | None:
+        """The score normalisation asked for, its background (if any) embedded with this model and
+        brought into the searched space (the index's stored whitening, then the search-time one)."""
+        if not refine.score_norm:
+            return None
+        if self.metric != "cosine":
+            raise InputError(f"--score-norm normalises cosine similarities, not {self.metric} scores")
+        if refine.background is None:
+            if len(self.index) < refine.score_norm:
+                raise InputError(
+                    f"--score-norm {refine.score_norm}: the gallery has only {len(self.index)} images"
+                )
+            return ScoreNormalisation(refine.score_norm)
+        found = _embed_set(self.extractor, ImageSet.from_path(refine.background), opts, "background")
+        background = found.features
+        if self.images is None and self.index.post.active:
+            background = self.index.post.queries(background)
+        if refine.whiten:
+            background = refine.fit_steps(self.index.search_vectors).whitened(background)
+        return ScoreNormalisation(refine.score_norm, background=np.ascontiguousarray(background, np.float32))
+
     def reranker(
         self, refine: Refinement, queries: np.ndarray, query_set: ImageSet, opts: ExtractOptions
     ) -> Reranker | None:
         """The re-ranking step asked for, over the searched vectors and the readable images."""
         if refine.rerank is None:
             return None
-        return refine.reranker(queries, self.vectors, query_set, self.readable, opts)
+        gallery = self.vectors
+        if self.regions > 1:  # the re-ranker compares whole images: their first region each
+            gallery = gallery.reshape(-1, self.regions, gallery.shape[1])[:, 0]
+            queries = queries.reshape(-1, self.query_regions, queries.shape[1])[:, 0]
+        return refine.reranker(queries, gallery, query_set, self.readable, opts)
 
 
 @dataclass
@@ -516,6 +663,9 @@ class LocalSide:
         return queries, self.index
 
     def reranker(self, refine: Refinement, queries: Any, query_set: ImageSet, opts: ExtractOptions) -> None:
+        return None
+
+    def normaliser(self, refine: Refinement, opts: ExtractOptions) -> None:
         return None
 
 

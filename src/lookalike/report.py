@@ -229,9 +229,19 @@ def _figures_from_lists(
 
 
 def _figures_from_metrics(metrics: RetrievalMetrics) -> dict[str, Any]:
+    """The header cards: top-k and mAP, then µAP and precision/recall at a threshold when the
+    metrics hold them (read from their JSON form, where µAP is ``"uAP"``)."""
     figures: list[list[Any]] = [[f"top-{k}", v] for k, v in metrics.top_k.items()]
     figures.append(["mAP", metrics.mean_ap])
-    return {"figures": figures, "queries": metrics.n_queries, "note": "over full gallery rankings"}
+    doc = metrics.as_dict()
+    note = "over full gallery rankings"
+    if doc.get("uAP") is not None:
+        figures.append(["µAP", doc["uAP"]])
+        note += f"; µAP over the {doc.get('pairs')} listed pairs ranked together, {doc.get('positives')} positives"
+    if doc.get("threshold") is not None:
+        figures.append([f"precision @ {doc['threshold']:g}", doc["precision"]])
+        figures.append([f"recall @ {doc['threshold']:g}", doc["recall"]])
+    return {"figures": figures, "queries": metrics.n_queries, "note": note}
 
 
 def write_report(

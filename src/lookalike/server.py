@@ -40,12 +40,14 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import default_cache_dir
+from .calibrate import load_threshold
 from .config import SearchConfig
 from .errors import ImageError, InputError
 from .extract import DecodedImages, make_runner, resolve_device
 from .images import ImageSet, to_rgb
 from .index import GalleryIndex, is_index
-from .pipeline import GallerySide, gallery_side
+from .metrics import accepts, is_higher_better
+from .pipeline import GallerySide, gallery_side, score_name
 from .report import thumbnail_jpeg
 
 log = logging.getLogger("lookalike")
@@ -120,6 +122,19 @@ class SearchResponse(BaseModel):
     k: int
     seconds: float = Field(description="Decode, embed and search time")
     results: list[SearchResult]
+    min_score: float | None = Field(None, description="The threshold the results passed, when one was given")
+
+
+class CheckResponse(BaseModel):
+    """Whether one uploaded image is a duplicate of indexed images, and of which."""
+
+    query: str = Field(description="The uploaded file's name")
+    duplicate: bool = Field(description="True when at least one indexed image scores past the threshold")
+    min_score: float = Field(description="The threshold: a similarity to reach, or a distance not to exceed")
+    model: str
+    metric: str
+    seconds: float = Field(description="Decode, embed and search time")
+    matches: list[SearchResult] = Field(description="The indexed images past the threshold, best first")
 
 
 class Health(BaseModel):
@@ -136,6 +151,7 @@ class Health(BaseModel):
     refinement: dict[str, Any] = Field(
         default_factory=dict, description="Search-time steps, and those stored with the index (under index)"
     )
+    min_score: float | None = Field(None, description="The threshold POST /check uses by default")
 
 
 class Searcher:
@@ -173,7 +189,13 @@ class Searcher:
                 "serve: --whiten and --dba are fitted on the whole gallery; store them with the index "
                 "(lookalike index build --whiten/--dba) instead of fitting them on every request"
             )
+        if self.refine.rerank == "k-reciprocal":
+            raise InputError(
+                "serve: k-reciprocal re-ranking needs the neighbour lists of the whole gallery for every "
+                "query; use it with `lookalike search`, or serve with --rerank sift/surf"
+            )
         side.embed(self.options)
+        self.normaliser = side.normaliser(self.refine, self.options)
         self.side = side
         self.index = side.index
         self.extractor = side.extractor
@@ -181,7 +203,12 @@ class Searcher:
         self.names = self.index.names
         self.labels = self.index.labels
         self.root = self.index.root.resolve()
-        self.score_name = self.index.metric  # what the scores are: the re-ranker's, once it has run
+        probe = None  # what the scores are: the re-ranker's own, or normalised similarities
+        if self.refine.rerank is not None:
+            none = np.zeros((0, self.extractor.dim), dtype=np.float32)
+            probe = side.reranker(self.refine, none, ImageSet([], self.root), self.options)
+        self.score_name = score_name(self.index.metric, probe, self.normaliser)
+        self.higher_is_better = is_higher_better(self.score_name)
         self._name_set = set(self.names)
         self._lock = threading.Lock()
 
@@ -195,19 +222,37 @@ class Searcher:
         with self._lock:
             return np.asarray(self.runner(pixels[None]), dtype=np.float32)
 
-    def search_file(self, path: Path, k: int, max_pixels: int) -> list[tuple[str, float, str | None]]:
-        """(gallery name, score, label) of the top ``k`` for one image file, best first."""
+    def threshold(self, min_score: float | str | Path) -> float:
+        """A score threshold from a number or a ``lookalike calibrate`` file, which must be for
+        this server's kind of score and model (one line saying why not)."""
+        if isinstance(min_score, str | Path):
+            return float(load_threshold(min_score, score=self.score_name, model=self.extractor.describe()))
+        if not math.isfinite(min_score):
+            raise InputError(f"min_score must be a finite number, got {min_score!r}")
+        return float(min_score)
+
+    def search_file(
+        self, path: Path, k: int, max_pixels: int, min_score: float | None = None
+    ) -> list[tuple[str, float, str | None]]:
+        """(gallery name, score, label) of the top ``k`` for one image file, best first; with
+        ``min_score`` only those at least that good (at most that distance)."""
         vector = self.embed_file(path, max_pixels)
         with self._lock:
             queries, searched = self.side.prepare(vector, self.refine)
             reranker = self.side.reranker(self.refine, queries, ImageSet([path], path.parent), self.options)
             shortlist = max(k, self.refine.rerank_top if reranker is not None else 0)
+            if self.normaliser is not None and self.normaliser.background is None:
+                shortlist = max(shortlist, self.normaliser.k)
             rows, scores = searched.search(queries, min(shortlist, len(self.names)))
             if reranker is not None:
                 rows, scores = reranker.rerank(np.arange(1), rows)
-                self.score_name = reranker.score_name
+            if self.normaliser is not None:
+                scores = scores - self.normaliser.bias(queries, scores)[:, None]
+        rows, scores = rows[0, :k], scores[0, :k]
+        if min_score is not None:
+            rows = np.where(accepts(scores, min_score, higher_is_better=self.higher_is_better), rows, -1)
         out = []
-        for row, score in zip(rows[0, :k], scores[0, :k], strict=True):
+        for row, score in zip(rows, scores, strict=True):
             if row >= 0:
                 out.append((self.names[row], float(score), None if self.labels is None else self.labels[row]))
         return out
@@ -391,7 +436,7 @@ class _BusyGate:
         if (
             scope["type"] == "http"
             and scope.get("method") == "POST"
-            and scope.get("path", "").endswith("/search")
+            and scope.get("path", "").endswith(("/search", "/check"))
             and self.slots.full()
         ):
             detail = "the server is busy: every decode slot is taken and the queue is full"
@@ -577,6 +622,7 @@ def create_app(
     max_waiting: int | None = None,
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     config: SearchConfig | None = None,
+    min_score: float | str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI app over the index at ``index_folder``: ``POST /search``, ``GET /``,
     ``GET /health``, ``GET /gallery/{path}``, ``GET /thumbnail/{path}`` and the OpenAPI docs.
@@ -586,7 +632,9 @@ def create_app(
     ``max_waiting`` more searches (default 4 x max_decodes) wait up to ``queue_timeout`` seconds;
     the others get 503 with Retry-After. ``config`` (a :class:`SearchConfig`, as ``lookalike search``
     takes it) gives the model and metric to check against the index, the search-time steps (query
-    expansion, re-ranking) and how images are read; ``device`` and ``runtime`` override its own."""
+    expansion, re-ranking) and how images are read; ``device`` and ``runtime`` override its own.
+    ``min_score`` (a number or a ``lookalike calibrate`` file) is the threshold ``POST /check`` uses
+    when a request names none."""
     if not 1 <= k <= max_k:
         raise InputError(f"k must be between 1 and max_k ({max_k}), not {k}")
     if max_upload_bytes < 1024:
@@ -601,6 +649,7 @@ def create_app(
         raise InputError(f"queue_timeout must be over 0 seconds, not {queue_timeout}")
     extract = (config or SearchConfig()).extract
     searcher = Searcher(index_folder, device or extract.device, runtime or extract.runtime, config)
+    default_threshold = None if min_score is None else searcher.threshold(min_score)
     slots = DecodeSlots(max_decodes, max_waiting, queue_timeout)
     name = _printable(title or f"lookalike · {Path(index_folder).name}")
     assets = _swagger_assets()
@@ -644,12 +693,74 @@ def create_app(
         request: Request,
         file: Annotated[UploadFile, File(description="The query image")],
         k_: Annotated[int, Query(alias="k", ge=1, le=max_k, description="Results to return")] = k,
+        min_score: Annotated[
+            float | None,
+            Query(description="Only results at least this good (a similarity; at most this, for a distance)"),
+        ] = None,
     ) -> Response:
-        """Rank the gallery for one uploaded image: its top-k, best first."""
+        """Rank the gallery for one uploaded image: its top-k, best first (with ``min_score``, only
+        those that pass, maybe none)."""
+        started = time.perf_counter()
+        threshold = None if min_score is None else _request_threshold(min_score)
+        hits = await ranked(file, k_, threshold)
+        answer = SearchResponse(
+            query=file.filename or "upload",
+            model=searcher.extractor.name,
+            metric=searcher.score_name,
+            k=k_,
+            seconds=round(time.perf_counter() - started, 4),
+            results=results_of(request, hits),
+            min_score=threshold,
+        )
+        return _AsciiJSON(answer.model_dump(mode="json"))
+
+    @app.post(
+        "/check",
+        response_model=CheckResponse,
+        response_class=_AsciiJSON,
+        responses={
+            400: {"description": "The file cannot be decoded, or no threshold (start with --min-score)"},
+            413: {"description": f"Request body over {max_upload_bytes:,} bytes"},
+            415: {"description": "Not an image"},
+            503: busy,
+        },
+    )
+    async def check(
+        request: Request,
+        file: Annotated[UploadFile, File(description="The image to check")],
+        min_score: Annotated[
+            float | None, Query(description="The threshold (default: the server's --min-score)")
+        ] = None,
+        k_: Annotated[int, Query(alias="k", ge=1, le=max_k, description="Most matches to list")] = k,
+    ) -> Response:
+        """Is this upload a duplicate (or copy) of something in the index, and of what: the indexed
+        images that score past the threshold, best first."""
+        started = time.perf_counter()
+        if min_score is None and default_threshold is None:
+            raise HTTPException(
+                400,
+                "no threshold: pass min_score, or start the server with --min-score (a score or a calibrate file)",
+            )
+        threshold = default_threshold if min_score is None else _request_threshold(min_score)
+        hits = await ranked(file, k_, threshold)
+        answer = CheckResponse(
+            query=file.filename or "upload",
+            duplicate=bool(hits),
+            min_score=threshold,
+            model=searcher.extractor.name,
+            metric=searcher.score_name,
+            seconds=round(time.perf_counter() - started, 4),
+            matches=results_of(request, hits),
+        )
+        return _AsciiJSON(answer.model_dump(mode="json"))
+
+    async def ranked(
+        file: UploadFile, k_: int, threshold: float | None
+    ) -> list[tuple[str, float, str | None]]:
+        """The upload saved to a private temporary file, checked, decoded and searched in a slot."""
         declared = (file.content_type or "").split(";")[0].strip().lower()
         if declared and not (declared.startswith("image/") or declared == "application/octet-stream"):
             raise HTTPException(415, f"expected an image upload, not {declared}")
-        started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="lookalike-upload-") as tmp:
             path = Path(tmp) / "upload"
             head = await _save_upload(file, path)
@@ -659,13 +770,16 @@ def create_app(
                 raise HTTPException(
                     415, "not an image lookalike can read (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM, AVIF, HEIC)"
                 )
+            args = (path, k_, max_pixels) if threshold is None else (path, k_, max_pixels, threshold)
             try:
                 async with slots.hold():
-                    hits = await run_in_threadpool(searcher.search_file, path, k_, max_pixels)
+                    return await run_in_threadpool(searcher.search_file, *args)
             except Busy as exc:
                 raise _busy(exc) from None
             except ImageError as exc:
                 raise HTTPException(400, f"cannot read the image: {exc.reason}") from None
+
+    def results_of(request: Request, hits: list[tuple[str, float, str | None]]) -> list[SearchResult]:
         results = []
         for rank, (gallery_name, score, label) in enumerate(hits, start=1):
             url, thumb = urls(request, gallery_name)
@@ -674,15 +788,12 @@ def create_app(
                     rank=rank, path=gallery_name, score=score, label=label, url=url, thumbnail_url=thumb
                 )
             )
-        answer = SearchResponse(
-            query=file.filename or "upload",
-            model=searcher.extractor.name,
-            metric=searcher.score_name,
-            k=k_,
-            seconds=round(time.perf_counter() - started, 4),
-            results=results,
-        )
-        return _AsciiJSON(answer.model_dump(mode="json"))
+        return results
+
+    def _request_threshold(value: float) -> float:
+        if not math.isfinite(value):
+            raise HTTPException(400, f"min_score must be a finite number, not {value}")
+        return float(value)
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -697,6 +808,7 @@ def create_app(
             k=k,
             max_upload_bytes=max_upload_bytes,
             refinement=searcher.describe(),
+            min_score=default_threshold,
         )
 
     @app.get("/gallery/{path:lookalike_path}", response_class=FileResponse, responses={403: {}, 404: {}})

@@ -219,7 +219,9 @@ class Postprocess:
         x = self.whitened(raw)
         if self.dba:
             if len(x) > LARGE_DBA:
-                log.warning("DBA over %d vectors: an exact k-NN of the whole gallery, this takes a while", len(x))
+                log.warning(
+                    "DBA over %d vectors: an exact k-NN of the whole gallery, this takes a while", len(x)
+                )
             x = database_augmentation(x, min(self.dba, len(x)), self.alpha)
         return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -247,3 +249,43 @@ class Postprocess:
         if self.qe:
             out["qe"] = {"k": self.qe, "alpha": self.alpha}
         return out
+
+
+@dataclass
+class ScoreNormalisation:
+    """Score normalisation as in SSCD (Pizzi et al., 2022): each query's similarities minus
+    ``beta`` times its similarity to its ``k``-th nearest neighbour in a background set of
+    unrelated images, so one threshold means the same for every query (a query that resembles
+    everything is discounted, a distinctive one is not). The ranking of each query is unchanged;
+    thresholds, µAP and dedup decisions change. Without ``background`` vectors the gallery itself
+    is the background: its k-th score is already in the short list, so that costs nothing."""
+
+    k: int
+    beta: float = 1.0
+    background: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(
+                f"--score-norm must be at least 1 (the neighbour whose similarity is subtracted), got {self.k}"
+            )
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise InputError(
+                f"score normalisation beta must be a finite number of at least 0, got {self.beta}"
+            )
+        if self.background is not None and len(self.background) < self.k:
+            raise InputError(
+                f"--score-norm {self.k}: the background set has only {len(self.background)} readable images"
+            )
+
+    def bias(self, queries: np.ndarray, head_scores: np.ndarray) -> np.ndarray:
+        """(n,) what to subtract from each query's similarities: beta x the k-th background
+        similarity (from ``head_scores``, the gallery's own short list, when there is no background)."""
+        if self.background is None:
+            if head_scores.shape[1] < self.k:
+                raise InputError(f"--score-norm {self.k}: the gallery has only {head_scores.shape[1]} images")
+            kth = head_scores[:, self.k - 1]
+        else:
+            _, sims = topk(np.asarray(queries, np.float32), self.background, self.k)
+            kth = sims[:, self.k - 1]
+        return self.beta * np.asarray(kth, dtype=np.float32)

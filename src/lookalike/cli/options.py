@@ -97,6 +97,32 @@ SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
         ),
         None,
     ),
+    "score_norm": (
+        _opt(
+            int | None,
+            "--score-norm",
+            min=0,
+            help="Subtract each query's similarity to its K-th background neighbour (SSCD); 0 = off.",
+        ),
+        None,
+    ),
+    "background": (
+        _opt(Path | None, "--background", help="Unrelated images for --score-norm (default: the gallery)."),
+        None,
+    ),
+    "regions": (
+        _opt(
+            int | None,
+            "--regions",
+            min=0,
+            help="Describe gallery images by regions too: whole + grids up to LxL (2: 5, 3: 14 regions).",
+        ),
+        None,
+    ),
+    "query_regions": (
+        _opt(bool | None, "--query-regions/--no-query-regions", help="Search by the queries' regions too."),
+        None,
+    ),
 }
 LABELS = {
     "query_labels": (_opt(Path | None, "--query-labels", help="path,label CSV for the queries."), None),

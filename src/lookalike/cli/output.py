@@ -44,12 +44,21 @@ def check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) ->
 
 
 def print_metrics(metrics: RetrievalMetrics, console: Console) -> None:
-    """The top-k and mAP table, and the queries left out for want of a gallery image."""
+    """The top-k, mAP and µAP table (precision and recall at the threshold when one was given),
+    and the queries left out for want of a gallery image."""
     table = Table(title=f"{metrics.n_queries} queries")
     for k in metrics.top_k:
         table.add_column(f"top-{k}", justify="right")
     table.add_column("mAP", justify="right")
-    table.add_row(*(f"{v:.3f}" for v in metrics.top_k.values()), f"{metrics.mean_ap:.3f}")
+    cells = [*(f"{v:.3f}" for v in metrics.top_k.values()), f"{metrics.mean_ap:.3f}"]
+    if metrics.micro_ap is not None:
+        table.add_column("µAP", justify="right")
+        cells.append(f"{metrics.micro_ap:.3f}")
+    if metrics.threshold is not None:
+        table.add_column(f"P @ {metrics.threshold:g}", justify="right")
+        table.add_column(f"R @ {metrics.threshold:g}", justify="right")
+        cells += [f"{metrics.precision:.3f}", f"{metrics.recall:.3f}"]
+    table.add_row(*cells)
     console.print(table)
     if metrics.excluded:
         shown_names = ", ".join(shown(n) for n in metrics.excluded[:5]) + (" ..." if len(metrics.excluded) > 5 else "")

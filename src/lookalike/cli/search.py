@@ -40,6 +40,13 @@ def search(
     summary: Annotated[Path | None, typer.Option("--summary", help="Write the run summary as JSON.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Also write an HTML report of the results.")] = None,
     failures_first: Annotated[bool, typer.Option("--failures-first", help="Report: failed queries on top.")] = False,
+    min_score: Annotated[
+        str | None,
+        typer.Option(
+            "--min-score",
+            help="Keep only results at least this good: a score, or a threshold file from `lookalike calibrate`.",
+        ),
+    ] = None,
     query_labels: QueryLabels = None,
     gallery_labels: GalleryLabels = None,
     *,
@@ -49,7 +56,7 @@ def search(
     pipeline.check_format(fmt, group=group, scores=scores)
     check_outputs(
         {"-o": output, "--json": metrics_json, "--summary": summary, "--report": report},
-        [query, gallery, query_labels, gallery_labels],
+        [query, gallery, query_labels, gallery_labels, *([Path(min_score)] if min_score else [])],
     )
     quiet = not config.extract.progress
     run = pipeline.search(
@@ -60,6 +67,7 @@ def search(
         query_labels=query_labels,
         gallery_labels=gallery_labels,
         config=config,
+        min_score=min_score,
     )
     doc = run.to_json(scores=scores, fmt=fmt, group=group)
     if output is None:
@@ -69,6 +77,9 @@ def search(
         if not quiet:
             err.print(f"wrote {len(doc if fmt == 'default' else doc['images'])} queries' results to {output}")
     print_summary(run, quiet)
+    if run.min_score is not None and not quiet:
+        matched = run.summary()["matched_queries"]
+        err.print(f"{matched} of {len(run.query_names)} queries have a match at --min-score {run.min_score:g}")
     if run.metrics is not None:
         print_metrics(run.metrics, err)
         if metrics_json:

@@ -44,6 +44,13 @@ def serve_command(
         float,
         typer.Option("--queue-timeout", min=0.001, help="Seconds a search waits for a slot before 503."),
     ] = 30.0,
+    min_score: Annotated[
+        str | None,
+        typer.Option(
+            "--min-score",
+            help="Threshold of POST /check: a score, or a threshold file from `lookalike calibrate`.",
+        ),
+    ] = None,
     config: SearchConfig | None = None,
 ) -> None:
     """Serve an index over HTTP: POST /search, a search page at /, /health and /docs. Search
@@ -68,6 +75,14 @@ def serve_command(
         max_waiting=max_waiting,
         queue_timeout=queue_timeout,
         config=config,
+        min_score=None if min_score is None else _number_or_file(min_score),
     )
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app_, host=host, port=port, log_level=log_level)
+
+
+def _number_or_file(text: str) -> float | Path:
+    try:
+        return float(text)
+    except ValueError:
+        return Path(text)
