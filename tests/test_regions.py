@@ -100,3 +100,55 @@ def test_regions_find_a_small_crop_better_than_the_whole_image(tmp_path: Path) -
     ).save(tmp_path / "g.index")
     with pytest.raises(InputError, match="search the image folder"):
         lookalike.search(query, tmp_path / "g.index", options=OPTS, refinement=Refinement(regions=2))
+
+
+def test_an_index_of_regions_searches_as_the_folder_does(tmp_path: Path) -> None:
+    """`index build --regions 2` stores region vectors; searching it (and serving it) gives the
+    folder search's results, an index without regions refuses --regions, and approximate backends
+    or stored whitening are refused for regions."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.index import build_index
+    from lookalike.server import create_app
+
+    gallery, query = tmp_path / "gallery", tmp_path / "query"
+    gallery.mkdir(), query.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        sample_photo(name).save(gallery / f"{name}.jpg", quality=90)
+    photo = sample_photo("rocket")
+    w, h = photo.size
+    photo.crop((0, 0, w // 2, h // 2)).save(query / "crop.jpg", quality=70)
+    opts = ExtractOptions(progress=False, num_workers=0, cache_dir=tmp_path / "cache")
+    index, _ = build_index(gallery, tmp_path / "r.index", model="pixels", regions=2, options=opts)
+    assert index.regions == 2 and index.dim == 5 * 32 * 32 * 3
+    for query_regions in (False, True):
+        refine = Refinement(regions=2, query_regions=query_regions)
+        folder = lookalike.search(query, gallery, model="pixels", k=3, options=opts, refinement=refine)
+        saved = lookalike.search(query, tmp_path / "r.index", k=3, options=opts, refinement=refine)
+        assert saved.indices.tolist() == folder.indices.tolist()
+        assert saved.scores == pytest.approx(folder.scores, abs=1e-5)
+    plain = lookalike.search(query, tmp_path / "r.index", k=3, options=opts)  # stored regions are used
+    whole = lookalike.search(
+        query, gallery, model="pixels", k=3, options=opts, refinement=Refinement(regions=2)
+    )
+    assert plain.indices.tolist() == whole.indices.tolist()
+    with TestClient(create_app(tmp_path / "r.index", k=3)) as client:
+        answer = client.post(
+            "/search", files={"file": ("q.jpg", (query / "crop.jpg").read_bytes(), "image/jpeg")}
+        ).json()
+    assert [r["path"] for r in answer["results"]] == whole.ranking()["crop.jpg"]
+    build_index(gallery, tmp_path / "p.index", model="pixels", options=opts)
+    with pytest.raises(InputError, match="one vector per image"):
+        lookalike.search(query, tmp_path / "p.index", options=opts, refinement=Refinement(regions=2))
+    with pytest.raises(InputError, match="searched exactly"):
+        build_index(gallery, tmp_path / "x.index", model="pixels", regions=2, backend="hnsw", options=opts)
+    from lookalike.index.stored_steps import IndexPostprocess
+
+    with pytest.raises(InputError, match="not supported"):
+        build_index(
+            gallery,
+            tmp_path / "y.index",
+            model="pixels",
+            regions=2,
+            postprocess=IndexPostprocess(whiten=True),
+        )

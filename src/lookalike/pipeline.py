@@ -330,12 +330,7 @@ def gallery_side(
                 f"{gallery} is an index built with {_options_text(stored, differ)}: its model options are "
                 f"fixed when it is built, so {', '.join(differ)} cannot change here"
             )
-        if refinement is not None and refinement.regions:
-            raise InputError(
-                f"--regions describes gallery images by regions as they are read: search the image folder, "
-                f"not the index {gallery}"
-            )
-        return _index_side(index, model, metric)
+        return _index_side(index, model, metric, refinement)
     g_set = _as_image_set(gallery, gallery_labels)
     extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
     levels = refinement.regions if refinement is not None else 0
@@ -669,13 +664,35 @@ class LocalSide:
         return None
 
 
-def _index_side(index: GalleryIndex, model: str | Extractor | None, metric: str | None) -> GallerySide:
+def _index_side(
+    index: GalleryIndex, model: str | Extractor | None, metric: str | None, refinement: Refinement | None
+) -> GallerySide:
     name = model.name if isinstance(model, Extractor) else model
     if name is not None and name != index.model["name"]:
         raise InputError(f"{index.folder} was built with model {index.model['name']!r}, not {name!r}")
     if metric is not None and metric != index.metric:
         raise InputError(f"{index.folder} was built for {index.metric} scores, not {metric}")
-    return GallerySide(extractor=index.extractor(), metric=index.metric, index=index)
+    levels = refinement.regions if refinement is not None else 0
+    if levels and levels != index.regions:
+        raise InputError(
+            f"--regions {levels}: {index.folder} holds "
+            + (f"regions of {index.regions} levels" if index.regions else "one vector per image")
+            + "; regions are fixed when an index is built (lookalike index build --regions L)"
+        )
+    extractor = index.extractor()
+    if not index.regions:
+        return GallerySide(extractor=extractor, metric=index.metric, index=index)
+    regions = len(region_boxes(index.regions))
+    by_regions = refinement is not None and refinement.query_regions
+    whole = _as_extractor(index.model["name"], {k: v for k, v in index.model["options"].items() if "region" not in k})
+    return GallerySide(
+        extractor=extractor,
+        metric=index.metric,
+        index=index,
+        query_extractor=extractor if by_regions else whole,
+        regions=regions,
+        query_regions=regions if by_regions else 1,
+    )
 
 
 def _index_device(opts: ExtractOptions) -> str:

@@ -62,6 +62,7 @@ def index_build(
         labels_csv=gallery_labels,
         ray_address=ray,
         postprocess=config.index_postprocess(),
+        regions=config.refinement.regions,
     )
     if emb is None:
         err.print(f"{output}: the index is complete ({len(index)} images); nothing to resume")

@@ -218,7 +218,8 @@ COMPARE_CONFIG = Group(
     {k: v for k, v in CONFIG.options.items() if k not in MODEL or k == "metric"},
     _config,
 )
-INDEX_CONFIG = Group("config", {**MODEL, **EXTRACT, **STORED_STEPS}, _config)  # what an index stores
+# what an index stores: the model, how images are read, the gallery-fitted steps and the regions
+INDEX_CONFIG = Group("config", {**MODEL, **EXTRACT, **STORED_STEPS, "regions": SEARCH_STEPS["regions"]}, _config)
 # a server searches one index: the model and metric are checked against it, stored steps must match
 # it, query-side steps and re-ranking run on every request
 SERVE_CONFIG = Group(

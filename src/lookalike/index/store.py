@@ -38,6 +38,7 @@ from ..cache import FeatureCache, file_key
 from ..errors import InputError, NothingToProcessError
 from ..extract import Embeddings, ExtractOptions, Skipped, embed
 from ..features import Extractor, create_extractor
+from ..features.regions import with_regions
 from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text, temporary_target
 from ..images import ImageSet
 from ..knn import full_rankings, rankings_with_head, topk
@@ -227,7 +228,11 @@ class GalleryIndex:
             return given
         if self.model.get("name") is None:
             raise InputError("this index was made from vectors without their model: it cannot embed images")
-        extractor = create_extractor(self.model["name"], **self.model["options"])
+        options = dict(self.model["options"])
+        levels, upscale = options.pop("regions", 0), options.pop("region_upscale", None)
+        extractor = create_extractor(self.model["name"], **options)
+        if levels:  # an index of region vectors (``build_index(regions=...)``)
+            extractor = with_regions(extractor, levels, upscale)
         if extractor.key != _model_key(self.model):
             raise InputError(
                 f"{self.folder}: the model {self.model['name']!r} here no longer gives the features "
@@ -240,6 +245,11 @@ class GalleryIndex:
         space: see ``query`` for raw features), best first."""
         ids, scores = self.backend.search(queries, k)
         return self.rows_of(ids), scores
+
+    @property
+    def regions(self) -> int:
+        """The region levels its vectors hold (0: one vector per image)."""
+        return int(self.model.get("options", {}).get("regions", 0))
 
     def rankings(self, queries: np.ndarray, head: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Full exact rankings of the searched vectors for the metrics, in ``(first_query, order)``
@@ -686,6 +696,7 @@ def build_index(
     labels_csv: str | Path | None = None,
     ray_address: str | None = None,
     postprocess: IndexPostprocess | None = None,
+    regions: int = 0,
 ) -> tuple[GalleryIndex, Embeddings | None]:
     """Extract a gallery and save it as an index folder at ``out``.
 
@@ -697,6 +708,8 @@ def build_index(
     already complete it returns it with ``None`` for the embeddings.
     ``ray_address`` ("auto", "local" or a cluster address) runs extraction on Ray.
     ``postprocess`` (whitening, DBA) is fitted on the gallery and stored with the index.
+    ``regions`` = L stores every image's region vectors (see :mod:`lookalike.features.regions`),
+    searched exactly by the best region pair.
     """
     out = Path(out)
     images = gallery if isinstance(gallery, ImageSet) else ImageSet.from_path(gallery, labels_csv=labels_csv)
@@ -722,6 +735,13 @@ def build_index(
             f"vectors to index; search the gallery folder with `lookalike search QUERY GALLERY -m {extractor.name}`"
         )
     post = postprocess or IndexPostprocess()
+    if regions:
+        if post.active:
+            raise InputError("--regions with --whiten or --dba in an index is not supported; fit them at search time")
+        if backend not in ("auto", "exact"):
+            raise InputError(f"--regions: an index of regions is searched exactly (--backend exact), not {backend}")
+        backend = "exact"
+        extractor = with_regions(extractor, regions)
     post.check(extractor.dim)
     # the backend spec and metric are checked now, not after the whole gallery has been extracted
     create_backend(backend, post.whiten_dim or extractor.dim, metric, len(images))
