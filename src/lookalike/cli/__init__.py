@@ -5,7 +5,7 @@ one :class:`~lookalike.config.SearchConfig`, ``output`` what commands print; the
 ``search``, ``index``, ``train`` and ``serve``.
 """
 
-from . import index, search, serve, train  # noqa: F401  (registers the commands)
+from . import calibrate, dedup, index, search, serve, train  # noqa: F401  (registers the commands)
 from ._app import app
 
 __all__ = ["app"]
