@@ -1,7 +1,7 @@
 """Gain or loss of each retrieval refinement on `orl`, `fmnist` and a copy-detection set.
 
     python benchmarks/datasets.py                # once
-    python benchmarks/refinement.py [--sets orl fmnist copydays]
+    python benchmarks/refinement.py [--sets orl fmnist copies hard-copies disc-copies crop-copies]
 
 Every row is efficientnet-lite0 (the pretrained default) with one option changed, then the
 combinations; figures are mAP and top-1 (queries against the gallery, labels from folders).
@@ -9,7 +9,10 @@ The copy-detection sets are built from scikit-image photos by `lookalike.samples
 8 edited gallery copies and 3 edited queries each; `hard-copies` with edits of strength 1.8:
 crops down to 19% of the photo, turns up to 27 degrees; `disc-copies`, a DISC21-like set: 14 photos x
 2 gallery copies plus 400 distractors cut from 9 other photos, 4 queries per photo at strength 1.8,
-70% of them pasted into another photo under a caption). Features are cached between rows.
+70% of them pasted into another photo under a caption; `crop-copies`, copies people actually meet:
+4 queries per photo, each a 20-35% crop turned up to 30 degrees, rescaled to 0.35, strongly
+recoloured and saved at JPEG quality 15, against each photo and one edited copy among 400
+distractors, `make_crop_copy_set(seed=7)`). Features are cached between rows.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import lookalike
 from lookalike import ExtractOptions
 from lookalike.pipeline import Refinement
-from lookalike.samples import make_copy_detection_set
+from lookalike.samples import make_copy_detection_set, make_crop_copy_set
 
 HERE = Path(__file__).parent
 
@@ -53,6 +56,8 @@ def folders(name: str, data: Path, tmp: Path) -> tuple[Path, Path]:
         return make_copy_detection_set(
             tmp / "disc", gallery_copies=2, query_copies=4, seed=7, strength=1.8, composite=0.7, distractors=400
         )
+    if name == "crop-copies":
+        return make_crop_copy_set(tmp / "crop", seed=7, distractors=400)
     return data / name / "query", data / name / "gallery"
 
 

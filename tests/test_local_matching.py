@@ -106,3 +106,56 @@ def test_tiny_and_flat_images_have_no_keypoints_and_match_nothing(
     assert len(kp) == 0 and desc.shape[0] == 0
     empty = Features(kp, desc, shape[::-1])
     assert verify(empty, empty, detector.binary).inliers == 0
+
+
+def test_keypoint_selection_spreads_the_budget_over_octaves_and_cells() -> None:
+    from lookalike.local import Keypoints
+    from lookalike.local.detectors import select_keypoints
+
+    rng = np.random.default_rng(3)
+    n = 400
+    scale = np.where(np.arange(n) < 300, 1.2, 9.0)  # three quarters at fine scale, and the strongest
+    response = np.where(scale < 2, 1.0, 0.1) + 0.01 * rng.random(n)
+    xy = np.where(np.arange(n)[:, None] < 360, rng.uniform(0, 50, (n, 2)), rng.uniform(50, 100, (n, 2)))
+    kp = Keypoints(xy, scale, np.zeros(n), response, np.zeros(n))
+    desc = np.arange(n, dtype=np.float32)[:, None]
+    strongest, d = select_keypoints(kp, desc, 100, "strongest")
+    assert np.all(strongest.scale < 2) and np.all(np.diff(strongest.response) <= 0)
+    np.testing.assert_array_equal(d[:, 0], np.argsort(-response, kind="stable")[:100])  # rows follow keypoints
+    octaves, _ = select_keypoints(kp, desc, 100, "octaves")
+    assert np.sum(octaves.scale > 2) == 50  # the coarse octave gets its share
+    grid, _ = select_keypoints(kp, desc, 32, "grid", (100, 100))
+    cells = {(int(x // 25), int(y // 25)) for x, y in grid.xy}
+    assert len(grid) == 32 and len(cells) >= 6  # not only the crowded corner
+    everything, _ = select_keypoints(kp, desc, 0, "octaves")
+    assert len(everything) == n
+
+
+def test_detector_options_all_keypoints_selection_and_small_images(photo_pair) -> None:
+    img = photo_pair[0]
+    limited = create_detector("sift").detect_and_describe(img)[0]
+    everything = create_detector("sift", max_keypoints=0).detect_and_describe(img)[0]
+    spread = create_detector("sift", selection="octaves").detect_and_describe(img)[0]
+    assert len(limited) == len(spread) == 1000 < len(everything)
+    assert np.median(spread.scale) > np.median(limited.scale)  # coarser points kept
+    assert create_detector("sift", min_side=256).prepare(sample_photo("page").resize((60, 30))).shape == (256, 512)
+    assert create_detector("sift").key == create_detector("sift", selection="strongest", min_side=0).key
+    with pytest.raises(InputError):
+        create_detector("sift", selection="random")
+    with pytest.raises(InputError):
+        create_detector("sift", min_side=4096)
+
+
+def test_estimators_and_the_match_count_pre_filter(photo_pair) -> None:
+    img, warped, _ = photo_pair
+    detector = create_detector("sift")
+    a = Features(*detector.detect_and_describe(img), img.shape[::-1])
+    b = Features(*detector.detect_and_describe(warped), warped.shape[::-1])
+    for estimator in ("ransac", "magsac"):
+        result = verify(a, b, False, MatchOptions(estimator=estimator, ratio=0.75, mutual=False))
+        assert result.homography is not None and result.inliers >= 50
+    strict = verify(a, b, False, MatchOptions(min_matches=10_000))
+    assert strict.homography is None and strict.inliers == 0 and strict.good > 50  # matched, not fitted
+    for bad in ({"estimator": "lmeds"}, {"min_matches": 3}):
+        with pytest.raises(InputError):
+            MatchOptions(**bad)

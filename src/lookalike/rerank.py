@@ -9,7 +9,7 @@ Every re-ranker answers one small protocol (:class:`Reranker`) and is chosen by 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .extract import ExtractOptions
     from .images import ImageSet
+    from .local.shortlist import DescriptorVotes
 
 
 class Reranker(Protocol):
@@ -162,34 +163,279 @@ def _k_reciprocal(inputs: RerankInputs, k1: int = 20, k2: int = 6, lambda_value:
     return KReciprocal(inputs.queries, inputs.gallery, k1, k2, lambda_value)
 
 
+FUSIONS = ("gated", "weighted", "rank")
+MAX_VOTE_DESCRIPTORS = 4_000_000  # the descriptor-vote index holds them as float32: 2 GB of 128-d SIFT
+
+
+def fuse(
+    global_scores: np.ndarray,
+    inliers: np.ndarray,
+    verified_depth: int,
+    *,
+    fusion: str = "gated",
+    min_inliers: int = 10,
+    weight: float = 1.0,
+    saturation: float = 20.0,
+) -> np.ndarray:
+    """One score per candidate (higher is better) from its global score and verified inliers.
+
+    ``global_scores`` (n_q, k) are similarities, best first along each row; ``inliers`` (n_q, k)
+    count for the first ``verified_depth`` columns (later ones are unverified). v = inliers when at
+    least ``min_inliers`` (fewer cannot tell a copy from chance), else 0. ``gated``: v + (1 + s) / 2
+    with s the similarity clipped to [-1, 1], so every verified candidate ranks above every
+    unverified one, by inliers, then by similarity. ``weighted``: s + weight * v / (v + saturation),
+    a soft bonus that a clearly better global match can outweigh. ``rank``: v + 1 - r / k with r the
+    0-based global rank (scores not needed: the fusion of :func:`lookalike.local.rerank`)."""
+    if fusion not in FUSIONS:
+        raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    global_scores = np.asarray(global_scores, dtype=np.float64)
+    n_q, k = global_scores.shape
+    v = np.zeros((n_q, k), dtype=np.float64)
+    head = np.asarray(inliers, dtype=np.float64)[:, :verified_depth]
+    v[:, : head.shape[1]] = np.where(head >= max(min_inliers, 1), head, 0.0)
+    if fusion == "gated":
+        return v + (1.0 + np.clip(global_scores, -1.0, 1.0)) / 2.0
+    if fusion == "weighted":
+        return global_scores + weight * v / (v + saturation)
+    return v + 1.0 - np.arange(k, dtype=np.float64) / max(k, 1)
+
+
 @dataclass
 class SpatialVerification:
-    """Re-ranking of a short list by local features (SURF, SIFT, ORB) and RANSAC inliers; see
-    :func:`lookalike.local.rerank` for how verified inliers and the global rank are fused."""
+    """Re-ranking of a deep short list by local features (SURF, SIFT) and robust homography inliers.
+
+    Detection: ``max_keypoints`` per image (0: all) chosen by ``selection``, ``threshold`` (SIFT's
+    contrast threshold, SURF's Hessian threshold; None: the detector's default), images smaller
+    than ``min_side`` enlarged (see :class:`lookalike.local.Detector`). Matching: Lowe's ``ratio``
+    test (and the ``mutual`` check when on). Cost: with ``votes`` > 0 pairs are first screened by
+    descriptor votes (:class:`lookalike.local.shortlist.DescriptorVotes`) and not even matched
+    below ``votes``; pairs with fewer than ``min_matches`` matches are not fitted; a query stops
+    once ``early_exit`` (0: never) candidates have ``confident`` inliers. Fitting: a homography by
+    ``estimator`` (ransac, magsac) with ``ransac_threshold`` pixels; ``min_inliers`` make a pair
+    verified. Features are extracted once per image: kept in memory across queries and calls,
+    and in the on-disk local-feature cache. Scores fuse the global similarity (the dot product
+    of the vectors, when given) and the inliers by ``fusion`` (see :func:`fuse`)."""
 
     query_set: ImageSet
     gallery_set: ImageSet
     method: str
     top: int
     options: ExtractOptions
+    queries: np.ndarray | None = None
+    gallery: np.ndarray | None = None
+    # defaults measured on crop-copies and disc-copies (benchmarks/verify.py)
+    max_keypoints: int = 0
+    selection: str = "strongest"
+    threshold: float | None = None
+    min_side: int = 0
+    ratio: float = 0.75
+    mutual: bool = False
+    estimator: str = "magsac"
+    ransac_threshold: float = 5.0
+    min_inliers: int = 10
+    min_matches: int = 10
+    early_exit: int = 0
+    confident: int = 30
+    votes: int = 4
+    fusion: str = "gated"
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        from .local import MatchOptions, create_detector
+        from .local.shortlist import FeatureMemory, VerifyStats
+
+        if self.top < 1 or self.min_inliers < 0 or self.early_exit < 0 or self.confident < 1 or self.votes < 0:
+            raise InputError(
+                f"spatial verification needs top >= 1, min_inliers, early_exit, votes >= 0 and confident >= 1 "
+                f"(got {self.top}, {self.min_inliers}, {self.early_exit}, {self.votes}, {self.confident})"
+            )
+        if self.fusion not in FUSIONS:
+            raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        threshold_option = {"sift": "contrast_threshold", "surf": "threshold"}.get(self.method, "threshold")
+        self.detector = create_detector(
+            self.method,
+            max_keypoints=self.max_keypoints,
+            selection=self.selection,
+            min_side=self.min_side,
+            **{threshold_option: self.threshold},
+        )
+        self.match_options = MatchOptions(
+            ratio=self.ratio,
+            mutual=self.mutual,
+            estimator=self.estimator,
+            ransac_threshold=self.ransac_threshold,
+            min_matches=max(4, min(self.min_matches, max(self.min_inliers, 4))),
+        )
+        opts = self.options
+        if opts.use_cache and opts.cache_dir is None:
+            from .cache import default_cache_dir
+
+            opts = replace(opts, cache_dir=default_cache_dir())
+        self.stats = VerifyStats()
+        self._votes: DescriptorVotes | None = None
+        self.gallery_features = FeatureMemory(self.detector, self.gallery_set, opts, "gallery", self.stats)
+        self.query_features = FeatureMemory(self.detector, self.query_set, opts, "queries", self.stats)
 
     @property
     def score_name(self) -> str:
-        return f"{self.method} inliers + rank fusion"
+        return f"{self.method} inliers + {self.fusion} fusion"
+
+    def describe(self) -> dict:
+        """The settings, as plain data (for run summaries)."""
+        return {
+            "method": self.method,
+            "top": self.top,
+            "detector": self.detector.describe(),
+            "matching": self.match_options.as_dict(),
+            "min_inliers": self.min_inliers,
+            "early_exit": self.early_exit,
+            "confident": self.confident,
+            "votes": self.votes,
+            "fusion": self.fusion,
+            "weight": self.weight,
+        }
+
+    def verify(self, query_rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Inliers (shaped like ``candidates``) of each row's first ``top`` candidates (gallery
+        indices, -1: none) against the query; 0 for the rest and for pairs not fitted."""
+        from .local.shortlist import verify_short_lists
+
+        candidates = np.asarray(candidates, dtype=np.int64)
+        rows = np.asarray(query_rows, dtype=np.int64)
+        if candidates.ndim != 2 or len(candidates) != len(rows):
+            raise InputError(f"candidates must be (n_queries, k), one row per query, got {candidates.shape}")
+        depth = min(self.top, candidates.shape[1])
+        inliers = np.zeros(candidates.shape, dtype=np.int32)
+        if len(rows) and depth:
+            q_feats = self.query_features.get(rows.tolist())
+            g_feats = self.gallery_features.get(candidates[:, :depth].ravel().tolist())
+            queries = [q_feats.get(int(i)) for i in rows]
+            skip = None
+            index = self._vote_index(g_feats) if self.votes else None
+            if index is not None:
+                skip = index.counts(queries, candidates[:, :depth]) < self.votes
+            inliers[:, :depth], _ = verify_short_lists(
+                queries,
+                g_feats,
+                candidates[:, :depth],
+                self.detector.binary,
+                self.match_options,
+                early_exit=self.early_exit,
+                confident=self.confident,
+                workers=self.options.num_workers,
+                progress=self.options.progress,
+                stats=self.stats,
+                desc=f"{self.method} verification",
+                skip=skip,
+            )
+        return inliers
+
+    def _vote_index(self, features: dict) -> DescriptorVotes | None:
+        """The descriptor-vote index over the gallery images seen so far (rebuilt when new ones
+        come); None above MAX_VOTE_DESCRIPTORS descriptors."""
+        from .local.shortlist import DescriptorVotes
+
+        wanted = {j for j, f in features.items() if f is not None and len(f)}
+        if self._votes is None or not wanted <= self._votes.ids:
+            known = self.gallery_features.known()
+            if sum(len(f) for f in known.values() if f is not None) > MAX_VOTE_DESCRIPTORS:
+                return None  # too big to hold in memory: every pair is matched instead
+            self._votes = DescriptorVotes(known)
+        return self._votes
 
     def rerank(self, query_rows: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .local import rerank
+        """Verify the first ``top`` candidates of each row and re-order the whole row by the
+        fused score (see :func:`fuse`); returns (indices, scores), best first, -1 padding last."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        rows = np.asarray(query_rows, dtype=np.int64)
+        inliers = self.verify(rows, candidates)
+        return self.order(rows, candidates, inliers)
 
-        queries = self.query_set.subset([int(i) for i in query_rows])
-        zeros = np.zeros(candidates.shape, dtype=np.float32)
-        return rerank(queries, self.gallery_set, candidates, zeros, self.method, self.top, self.options)
+    def order(
+        self, query_rows: np.ndarray, candidates: np.ndarray, inliers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``candidates`` sorted by the fusion of global scores and ``inliers``."""
+        depth = min(self.top, candidates.shape[1])
+        fused = fuse(
+            self._global_scores(query_rows, candidates),
+            inliers,
+            depth,
+            fusion=self.fusion,
+            min_inliers=self.min_inliers,
+            weight=self.weight,
+        )
+        fused[candidates < 0] = -2.0  # padding: below every real fused score, and finite
+        order = np.argsort(-fused, axis=1, kind="stable")
+        return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(fused, order, axis=1).astype(
+            np.float32
+        )
+
+    def _global_scores(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Dot products of the query and candidate vectors (cosine for unit vectors); without
+        vectors, a stand-in that only keeps the given order."""
+        k = candidates.shape[1]
+        if self.queries is None or self.gallery is None:
+            return np.broadcast_to(1.0 - np.arange(k) / max(k, 1), candidates.shape).copy()
+        q = np.asarray(self.queries, dtype=np.float64)[rows]
+        g = np.asarray(self.gallery, dtype=np.float64)[np.maximum(candidates, 0)]
+        return np.einsum("qd,qkd->qk", q, g)
 
 
-def _spatial(method: str) -> Callable[[RerankInputs], SpatialVerification]:
-    """The registry factory of spatial verification with ``method`` keypoints."""
+# per method, what the re-ranker's factory uses instead of the detector's default threshold
+# (SIFT: a contrast threshold of 0.02 finds more points on small, recompressed copies)
+METHOD_DEFAULTS: dict[str, dict] = {"sift": {"threshold": 0.02}}
+SPATIAL_DEFAULTS = {f.name: f.default for f in fields(SpatialVerification) if f.name in (
+    "max_keypoints", "selection", "threshold", "min_side", "ratio", "mutual", "estimator", "ransac_threshold", "min_inliers",
+    "min_matches", "early_exit", "confident", "votes", "fusion", "weight")}
 
-    def factory(inputs: RerankInputs) -> SpatialVerification:
-        return SpatialVerification(inputs.query_set, inputs.gallery_set, method, inputs.top, inputs.options)
+
+def _spatial(method: str) -> Callable[..., SpatialVerification]:
+    """The registry factory of spatial verification with ``method`` keypoints (its defaults:
+    ``SPATIAL_DEFAULTS`` and the method's ``METHOD_DEFAULTS``)."""
+    d = {**SPATIAL_DEFAULTS, **METHOD_DEFAULTS.get(method, {})}
+
+    def factory(
+        inputs: RerankInputs,
+        max_keypoints: int = d["max_keypoints"],
+        selection: str = d["selection"],
+        threshold: float | None = d["threshold"],
+        min_side: int = d["min_side"],
+        ratio: float = d["ratio"],
+        mutual: bool = d["mutual"],
+        estimator: str = d["estimator"],
+        ransac_threshold: float = d["ransac_threshold"],
+        min_inliers: int = d["min_inliers"],
+        min_matches: int = d["min_matches"],
+        early_exit: int = d["early_exit"],
+        confident: int = d["confident"],
+        votes: int = d["votes"],
+        fusion: str = d["fusion"],
+        weight: float = d["weight"],
+    ) -> SpatialVerification:
+        return SpatialVerification(
+            inputs.query_set,
+            inputs.gallery_set,
+            method,
+            inputs.top,
+            inputs.options,
+            inputs.queries,
+            inputs.gallery,
+            max_keypoints=max_keypoints,
+            selection=selection,
+            threshold=threshold,
+            min_side=min_side,
+            ratio=ratio,
+            mutual=mutual,
+            estimator=estimator,
+            ransac_threshold=ransac_threshold,
+            min_inliers=min_inliers,
+            min_matches=min_matches,
+            early_exit=early_exit,
+            confident=confident,
+            votes=votes,
+            fusion=fusion,
+            weight=weight,
+        )
 
     factory.__doc__ = f"spatial verification of the short list with {method.upper()} keypoints and RANSAC"
     return factory

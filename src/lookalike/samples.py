@@ -145,3 +145,138 @@ def make_copy_detection_set(
             image = _distractor(rng, backgrounds)
             image.save(gallery_dir / DISTRACTOR_LABEL / f"distractor{i:04d}.jpg", quality=int(rng.integers(30, 95)))
     return query_dir, gallery_dir
+
+
+# ---------------------------------------------------------------- small rotated crops (crop-copies)
+
+CROP_AREA = (0.20, 0.35)
+CROP_MAX_ANGLE = 30.0
+CROP_SCALE = 0.35
+CROP_QUALITY = 15
+CROP_MANIFEST = "crop-copies.json"
+
+
+def _rotated_box_fits(w: int, h: int, cx: float, cy: float, cw: int, ch: int, angle: float) -> bool:
+    """True when a cw x ch box centred at (cx, cy), turned by ``angle`` degrees, lies inside w x h."""
+    t = np.deg2rad(-angle)  # Image.rotate turns counter-clockwise on screen (y down)
+    corners = np.array([[-cw, -ch], [cw, -ch], [cw, ch], [-cw, ch]], dtype=np.float64) / 2.0
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    pts = corners @ rot.T + [cx, cy]
+    return bool(np.all(pts >= 0) and np.all(pts[:, 0] <= w) and np.all(pts[:, 1] <= h))
+
+
+def crop_copy(
+    img: Image.Image,
+    rng: np.random.Generator,
+    *,
+    area: tuple[float, float] = CROP_AREA,
+    max_angle: float = CROP_MAX_ANGLE,
+    scale: float = CROP_SCALE,
+    jitter: float = 1.0,
+) -> tuple[Image.Image, dict]:
+    """A small, turned, shrunk and recoloured crop of ``img`` and how it was made.
+
+    The crop covers ``area`` (a range of fractions) of the photo, is turned by up to ``max_angle``
+    degrees about its centre (cut from the turned photo, so it has no blank corners), rescaled by
+    ``scale`` and recoloured (brightness, contrast, saturation and hue; ``jitter`` scales them).
+    The parameters (box centre and size in photo pixels, angle in degrees counter-clockwise as
+    ``Image.rotate`` turns, colour factors) say exactly which part of the photo the copy shows."""
+    if not 0 < area[0] <= area[1] <= 1 or not 0 < scale <= 1 or max_angle < 0:
+        raise InputError(f"crop_copy: bad area {area}, scale {scale} or max_angle {max_angle}")
+    w, h = img.size
+    for _ in range(100):
+        fraction = float(rng.uniform(*area))
+        aspect = float(rng.uniform(0.75, 1.33))
+        cw = int(round(w * np.sqrt(fraction * aspect)))
+        ch = int(round(h * np.sqrt(fraction / aspect)))
+        angle = float(rng.uniform(-max_angle, max_angle))
+        cx, cy = float(rng.uniform(cw / 2, w - cw / 2)), float(rng.uniform(ch / 2, h - ch / 2))
+        inside = area[0] <= cw * ch / (w * h) <= area[1]  # after rounding to whole pixels
+        if inside and cw <= w and ch <= h and _rotated_box_fits(w, h, cx, cy, cw, ch, angle):
+            break
+    else:  # a very narrow photo: an upright crop of the photo's shape at the centre always fits
+        fraction = (area[0] + area[1]) / 2
+        angle, cx, cy = 0.0, w / 2.0, h / 2.0
+        cw, ch = max(1, round(w * np.sqrt(fraction))), max(1, round(h * np.sqrt(fraction)))
+    # output pixel (u, v) of the cw x ch crop shows photo point centre + R(-angle) (u - cw/2, v - ch/2):
+    # the crop of the photo turned by Image.rotate(angle, center=centre)
+    t = np.deg2rad(-angle)
+    a, b = np.cos(t), np.sin(t)
+    ox, oy = -cw / 2.0, -ch / 2.0
+    coeffs = (a, b, cx + a * ox + b * oy, -b, a, cy - b * ox + a * oy)
+    out = img.transform((cw, ch), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC)
+    size = (max(16, round(cw * scale)), max(16, round(ch * scale)))
+    out = out.resize(size, Image.Resampling.LANCZOS)
+    colour = {
+        "brightness": float(rng.uniform(1 - 0.4 * jitter, 1 + 0.4 * jitter)),
+        "contrast": float(rng.uniform(1 - 0.4 * jitter, 1 + 0.4 * jitter)),
+        "saturation": float(rng.uniform(1 - 0.7 * jitter, 1 + 0.7 * jitter)),
+        "hue": float(rng.uniform(-0.1 * jitter, 0.1 * jitter)),
+    }
+    out = ImageEnhance.Brightness(out).enhance(colour["brightness"])
+    out = ImageEnhance.Contrast(out).enhance(colour["contrast"])
+    out = ImageEnhance.Color(out).enhance(max(0.0, colour["saturation"]))
+    hsv = np.asarray(out.convert("HSV")).copy()
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + round(colour["hue"] * 256)) % 256).astype(np.uint8)
+    out = Image.fromarray(hsv, "HSV").convert("RGB")
+    params = {
+        "photo_size": [w, h],
+        "centre": [cx, cy],
+        "crop_size": [cw, ch],
+        "area": cw * ch / (w * h),
+        "angle": angle,
+        "scale": scale,
+        "size": list(size),
+        **colour,
+    }
+    return out, params
+
+
+def make_crop_copy_set(
+    out_dir: str | Path,
+    *,
+    photos: tuple[str, ...] = PHOTOS,
+    query_copies: int = 4,
+    seed: int = 0,
+    distractors: int = 400,
+    area: tuple[float, float] = CROP_AREA,
+    max_angle: float = CROP_MAX_ANGLE,
+    scale: float = CROP_SCALE,
+    quality: int = CROP_QUALITY,
+    jitter: float = 1.0,
+) -> tuple[Path, Path]:
+    """The ``crop-copies`` set: copies people actually meet, small crops of photos.
+
+    Each query is a crop of 20-35% of a photo's area, turned up to 30 degrees, rescaled to 0.35,
+    strongly recoloured and saved at JPEG quality 15 (see :func:`crop_copy`); the gallery holds
+    each photo once as it is (JPEG quality 90) and once lightly edited, plus ``distractors``
+    images cut from photos no query shows, in ``gallery/distractors/``. How every query was made
+    is written to ``out/crop-copies.json``. Returns (query folder, gallery folder)."""
+    if query_copies < 1 or distractors < 0 or not 1 <= quality <= 95:
+        raise InputError(f"make_crop_copy_set: bad query_copies {query_copies}, distractors "
+                         f"{distractors} or quality {quality}")
+    from .fileio import write_json
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    query_dir, gallery_dir = out / "query", out / "gallery"
+    manifest: dict[str, dict] = {}
+    for name in photos:
+        img = sample_photo(name)
+        for folder in (query_dir, gallery_dir):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+        img.save(gallery_dir / name / f"{name}_original.jpg", quality=90)
+        edited_copy(img, rng, 1.0).save(gallery_dir / name / f"{name}_copy.jpg", quality=int(rng.integers(50, 95)))
+        for i in range(query_copies):
+            copy, params = crop_copy(img, rng, area=area, max_angle=max_angle, scale=scale, jitter=jitter)
+            rel = f"query/{name}/{name}_crop{i}.jpg"
+            copy.save(out / rel, quality=quality)
+            manifest[rel] = {"photo": name, "quality": quality, **params}
+    if distractors:
+        backgrounds = [sample_photo(n) for n in DISTRACTOR_PHOTOS]
+        (gallery_dir / DISTRACTOR_LABEL).mkdir(parents=True, exist_ok=True)
+        for i in range(distractors):
+            image = _distractor(rng, backgrounds)
+            image.save(gallery_dir / DISTRACTOR_LABEL / f"distractor{i:04d}.jpg", quality=int(rng.integers(30, 95)))
+    write_json(out / CROP_MANIFEST, manifest)
+    return query_dir, gallery_dir

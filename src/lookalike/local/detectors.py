@@ -29,7 +29,10 @@ LOCAL_FEATURE_VERSION = 1
 
 LOCAL_METHODS = ("surf", "sift", "orb")
 DEFAULT_MAX_KEYPOINTS = 1000
+SELECTIONS = ("strongest", "octaves", "grid")
+GRID_CELLS = 4  # "grid" selection: a GRID_CELLS x GRID_CELLS grid over the image
 DEFAULT_MAX_SIDE = 1024
+ORB_ALL = 100_000  # ORB wants a number: "all" keypoints
 MIN_SIDE = 8  # smaller images have no keypoints (OpenCV's pyramids fail on them)
 
 log = logging.getLogger("lookalike")
@@ -39,20 +42,37 @@ log = logging.getLogger("lookalike")
 class Detector(ABC):
     """Keypoints and descriptors of a grey image; options are the dataclass fields.
 
-    ``max_keypoints`` keeps the strongest; ``max_side`` shrinks bigger images before detection
-    (None: never), which bounds the time per image. ``binary`` detectors match by Hamming distance.
+    ``max_keypoints`` (0: all) are kept by ``selection``: the ``strongest``; or spread, taking the
+    strongest of each scale octave (``octaves``) or of each cell of a 4 x 4 grid (``grid``) in
+    turn, so a small copy, which only shares the coarse or local structure of a big image, still
+    finds its points. ``max_side`` shrinks bigger images before detection (None: never), which
+    bounds the time per image; ``min_side`` (0: never) enlarges smaller images (bicubic) until
+    their shorter side has that many pixels, which finds more keypoints on small, blurred copies.
+    ``binary`` detectors match by Hamming distance.
     """
 
     name: ClassVar[str] = ""
     binary: ClassVar[bool] = False
     max_keypoints: int = DEFAULT_MAX_KEYPOINTS
     max_side: int | None = DEFAULT_MAX_SIDE
+    selection: str = "strongest"
+    min_side: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_keypoints < 1:
-            raise InputError(f"{self.name}: max_keypoints must be at least 1, got {self.max_keypoints}")
+        if self.max_keypoints < 0:
+            raise InputError(f"{self.name}: max_keypoints must be at least 1 (or 0: all), got {self.max_keypoints}")
         if self.max_side is not None and self.max_side < 16:
             raise InputError(f"{self.name}: max_side must be at least 16 (or None), got {self.max_side}")
+        if self.min_side < 0 or (self.min_side and self.max_side is not None and self.min_side > self.max_side):
+            raise InputError(f"{self.name}: min_side must be 0 (never) or at most max_side, got {self.min_side}")
+        if self.selection not in SELECTIONS:
+            raise InputError(f"{self.name}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+
+    @property
+    def detect_limit(self) -> int:
+        """How many keypoints the detector itself keeps (0: all): the budget when it keeps the
+        strongest, else all of them, for :func:`select_keypoints` to choose from."""
+        return self.max_keypoints if self.selection == "strongest" else 0
 
     @abstractmethod
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
@@ -60,7 +80,11 @@ class Detector(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the features: method, options, versions."""
-        out: dict[str, Any] = {"name": self.name, "options": asdict(self), "version": LOCAL_FEATURE_VERSION}
+        options = asdict(self)
+        for added, default in (("selection", "strongest"), ("min_side", 0)):
+            if options[added] == default:  # options added later leave old cache keys as they were
+                del options[added]
+        out: dict[str, Any] = {"name": self.name, "options": options, "version": LOCAL_FEATURE_VERSION}
         if self.name != "surf":
             out["opencv"] = cv2.__version__
         return out
@@ -72,12 +96,19 @@ class Detector(ABC):
         return f"{self.name}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
     def prepare(self, img: Image.Image) -> np.ndarray:
-        """An RGB image as the uint8 grey array that is detected on (shrunk to ``max_side``)."""
+        """An RGB image as the uint8 grey array that is detected on (shrunk to ``max_side``, or
+        enlarged to ``min_side``)."""
         grey = img.convert("L")
         if self.max_side is not None and max(grey.size) > self.max_side:
             ratio = self.max_side / max(grey.size)
             size = (max(1, round(grey.size[0] * ratio)), max(1, round(grey.size[1] * ratio)))
             grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        elif self.min_side and min(grey.size) < self.min_side:
+            ratio = self.min_side / min(grey.size)
+            if self.max_side is not None:
+                ratio = min(ratio, self.max_side / max(grey.size))
+            size = (max(1, round(grey.size[0] * ratio)), max(1, round(grey.size[1] * ratio)))
+            grey = grey.resize(size, Image.Resampling.BICUBIC)
         return np.asarray(grey, dtype=np.uint8)
 
     def features(self, img: Image.Image) -> Features:
@@ -85,6 +116,9 @@ class Detector(ABC):
         gray = self.prepare(img)
         kp, desc = self.detect_and_describe(gray)
         return Features(kp, desc, (gray.shape[1], gray.shape[0]))
+
+    def _select(self, kp: Keypoints, desc: np.ndarray, shape: tuple[int, ...]) -> tuple[Keypoints, np.ndarray]:
+        return select_keypoints(kp, desc, self.max_keypoints, self.selection, (shape[1], shape[0]))
 
 
 def _check_gray(gray: np.ndarray, name: str) -> np.ndarray:
@@ -119,11 +153,13 @@ class SurfDetector(Detector):
             step=self.step,
             upright=self.upright,
             extended=self.extended,
-            max_keypoints=self.max_keypoints,
+            max_keypoints=self.detect_limit or None,
         )
 
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
-        return surf(_check_gray(gray, self.name), self.surf_options)
+        gray = _check_gray(gray, self.name)
+        kp, desc = surf(gray, self.surf_options)  # already the strongest, in SURF's own order
+        return (kp, desc) if self.selection == "strongest" else self._select(kp, desc, gray.shape)
 
 
 def _from_cv(
@@ -152,13 +188,14 @@ class SiftDetector(Detector):
 
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
         sift = cv2.SIFT_create(
-            nfeatures=self.max_keypoints,
+            nfeatures=self.detect_limit,
             nOctaveLayers=self.layers,
             contrastThreshold=self.contrast_threshold,
             edgeThreshold=self.edge_threshold,
             sigma=self.sigma,
         )
-        return _run_opencv(sift, _check_gray(gray, self.name), 128, np.float32, self.max_keypoints)
+        gray = _check_gray(gray, self.name)
+        return self._select(*_run_opencv(sift, gray, 128, np.float32), gray.shape)
 
 
 @dataclass(frozen=True)
@@ -178,14 +215,15 @@ class OrbDetector(Detector):
 
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
         orb = cv2.ORB_create(
-            nfeatures=self.max_keypoints,
+            nfeatures=self.detect_limit or ORB_ALL,
             scaleFactor=self.scale_factor,
             nlevels=self.levels,
             edgeThreshold=self.edge_threshold,
             patchSize=self.patch_size,
             fastThreshold=self.fast_threshold,
         )
-        return _run_opencv(orb, _check_gray(gray, self.name), 32, np.uint8, self.max_keypoints)
+        gray = _check_gray(gray, self.name)
+        return self._select(*_run_opencv(orb, gray, 32, np.uint8), gray.shape)
 
 
 @dataclass(frozen=True)
@@ -198,12 +236,11 @@ class AkazeDetector(Detector):
 
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
         akaze = cv2.AKAZE_create(threshold=self.threshold)  # type: ignore[attr-defined]
-        return _run_opencv(akaze, _check_gray(gray, self.name), 61, np.uint8, self.max_keypoints)
+        gray = _check_gray(gray, self.name)
+        return self._select(*_run_opencv(akaze, gray, 61, np.uint8), gray.shape)
 
 
-def _run_opencv(
-    algorithm: cv2.Feature2D, gray: np.ndarray, dim: int, dtype: type, n: int
-) -> tuple[Keypoints, np.ndarray]:
+def _run_opencv(algorithm: cv2.Feature2D, gray: np.ndarray, dim: int, dtype: type) -> tuple[Keypoints, np.ndarray]:
     """Detect and describe with an OpenCV Feature2D; an image too small for it has no keypoints."""
     if min(gray.shape) < MIN_SIDE:
         return _from_cv((), None, dim, dtype)
@@ -212,13 +249,37 @@ def _run_opencv(
     except cv2.error as exc:  # one odd image must not stop a search; it simply matches nothing
         log.warning("OpenCV could not process a %dx%d image: %s", gray.shape[1], gray.shape[0], exc)
         return _from_cv((), None, dim, dtype)
-    kp, desc = _from_cv(kps, desc, dim, dtype)
-    return _strongest(kp, desc, n)
+    return _from_cv(kps, desc, dim, dtype)
 
 
-def _strongest(kp: Keypoints, desc: np.ndarray, n: int) -> tuple[Keypoints, np.ndarray]:
-    """The ``n`` strongest keypoints, strongest first (ties by position, so the order is stable)."""
-    order = np.lexsort((kp.xy[:, 0], kp.xy[:, 1], -kp.response))[:n]
+def select_keypoints(
+    kp: Keypoints, desc: np.ndarray, n: int, selection: str = "strongest", size: tuple[int, int] = (0, 0)
+) -> tuple[Keypoints, np.ndarray]:
+    """At most ``n`` keypoints (0: all), in a stable order (ties by position).
+
+    ``strongest``: by response. ``octaves``: the strongest of every scale octave, then the second
+    strongest of each, and so on, so every scale keeps a share (an octave with few keypoints
+    leaves its share to the others). ``grid``: the same over the cells of a 4 x 4 grid over an
+    image of ``size`` (w, h)."""
+    strongest = np.lexsort((kp.xy[:, 0], kp.xy[:, 1], -kp.response))
+    if selection == "strongest" or len(kp) <= n or n == 0:
+        order = strongest[: n or None]
+        return kp.subset(order), desc[order]
+    if selection == "octaves":
+        group = np.floor(np.log2(np.maximum(kp.scale, 1e-3))).astype(np.int64)
+    else:
+        w, h = max(size[0], 1), max(size[1], 1)
+        gx = np.clip((kp.xy[:, 0] * GRID_CELLS // w).astype(np.int64), 0, GRID_CELLS - 1)
+        gy = np.clip((kp.xy[:, 1] * GRID_CELLS // h).astype(np.int64), 0, GRID_CELLS - 1)
+        group = gy * GRID_CELLS + gx
+    # rank of each keypoint among the keypoints of its group, strongest first
+    grouped = strongest[np.argsort(group[strongest], kind="stable")]
+    starts = np.searchsorted(group[grouped], group[grouped], side="left")
+    rank = np.empty(len(kp), dtype=np.int64)
+    rank[grouped] = np.arange(len(kp)) - starts
+    position = np.empty(len(kp), dtype=np.int64)
+    position[strongest] = np.arange(len(kp))
+    order = np.lexsort((position, rank))[:n]
     return kp.subset(order), desc[order]
 
 

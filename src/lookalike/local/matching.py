@@ -3,7 +3,8 @@
 Distances come from one matrix product per image pair (binary descriptors as bit vectors), so
 brute force is fast enough for a thousand keypoints a side. When both sides carry the sign of
 the Laplacian (SURF), only equal signs are compared: two smaller products instead of one.
-Verification fits a homography with OpenCV's USAC MAGSAC++ and counts its inliers.
+Verification fits a homography with OpenCV's USAC MAGSAC++ (or classic RANSAC) and counts its
+inliers; pairs with fewer good matches than ``min_matches`` skip it (they could not pass anyway).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import InputError
 from .keypoints import Features
 
 MIN_HOMOGRAPHY_MATCHES = 4
+ESTIMATORS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,10 @@ class MatchOptions:
     ``ratio``: Lowe's test, keep a match when nearest < ratio x second nearest (1: off);
     ``mutual``: keep only mutual nearest neighbours; ``ransac_threshold``: inlier reprojection
     error in pixels (of the gallery image as detected); ``max_scale``: a homography that scales
-    areas by more than this factor (or flips the image) is rejected as degenerate.
+    areas by more than this factor (or flips the image) is rejected as degenerate;
+    ``estimator``: ``magsac`` (USAC MAGSAC++) or ``ransac`` (OpenCV's classic RANSAC);
+    ``min_matches``: the pre-filter, pairs with fewer good matches are not fitted at all (no
+    homography, no inliers), which saves the robust fit on unrelated pairs.
     """
 
     ratio: float = 0.8
@@ -36,8 +41,14 @@ class MatchOptions:
     ransac_confidence: float = 0.999
     ransac_max_iters: int = 2000
     max_scale: float = 100.0
+    estimator: str = "magsac"
+    min_matches: int = MIN_HOMOGRAPHY_MATCHES
 
     def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise InputError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.min_matches < MIN_HOMOGRAPHY_MATCHES:
+            raise InputError(f"min_matches must be at least {MIN_HOMOGRAPHY_MATCHES}, got {self.min_matches!r}")
         if not 0 < self.ratio <= 1:
             raise InputError(f"ratio must be in (0, 1], got {self.ratio!r}")
         if not self.ransac_threshold > 0:
@@ -174,7 +185,7 @@ def match_descriptors(
 def find_homography(
     src: np.ndarray, dst: np.ndarray, options: MatchOptions | None = None
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Homography ``src -> dst`` by USAC MAGSAC++ and the inlier mask; (None, all False) when
+    """Homography ``src -> dst`` by ``options.estimator`` and the inlier mask; (None, all False) when
     there are fewer than 4 points, no model is found, or it is degenerate (see ``max_scale``)."""
     opts = options or MatchOptions()
     none = np.zeros(len(src), dtype=bool)
@@ -184,7 +195,7 @@ def find_homography(
         H, mask = cv2.findHomography(
             np.asarray(src, dtype=np.float32).reshape(-1, 1, 2),
             np.asarray(dst, dtype=np.float32).reshape(-1, 1, 2),
-            cv2.USAC_MAGSAC,
+            ESTIMATORS[opts.estimator],
             opts.ransac_threshold,
             maxIters=opts.ransac_max_iters,
             confidence=opts.ransac_confidence,
@@ -217,7 +228,8 @@ def plausible_homography(H: np.ndarray, points: np.ndarray, max_scale: float = 1
 def verify(
     query: Features, gallery: Features, binary: bool, options: MatchOptions | None = None
 ) -> Verification:
-    """Match ``query`` to ``gallery`` and verify the matches with a homography."""
+    """Match ``query`` to ``gallery`` and verify the matches with a homography (not fitted when
+    there are fewer than ``options.min_matches`` good matches)."""
     opts = options or MatchOptions()
     qk, gk = query.keypoints, gallery.keypoints
     pairs = match_descriptors(
@@ -229,5 +241,7 @@ def verify(
         sign_a=qk.laplacian,
         sign_b=gk.laplacian,
     )
+    if len(pairs) < opts.min_matches:
+        return Verification(pairs, np.zeros(len(pairs), dtype=bool), None)
     H, mask = find_homography(qk.xy[pairs[:, 0]], gk.xy[pairs[:, 1]], opts)
     return Verification(pairs, mask, H)
