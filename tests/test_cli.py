@@ -213,11 +213,25 @@ def test_train_then_search_with_the_checkpoint(photo_set: tuple[Path, Path], tmp
     assert _invoke("train", "gan", gallery, "-o", tmp_path / "x", "-q").exit_code == 2
 
 
-def test_index_build_stores_whitening_and_search_applies_it(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+def test_index_build_stores_whitening_and_search_applies_it(
+    photo_set: tuple[Path, Path], tmp_path: Path
+) -> None:
     query, gallery = photo_set
     target = tmp_path / "w.index"
     built = _invoke(
-        "index", "build", gallery, "-o", target, "-m", "pixels", "--whiten", "--whiten-dim", "6", "--dba", "2", "-q"
+        "index",
+        "build",
+        gallery,
+        "-o",
+        target,
+        "-m",
+        "pixels",
+        "--whiten",
+        "--whiten-dim",
+        "6",
+        "--dba",
+        "2",
+        "-q",
     )
     assert built.exit_code == 0, built.output
     info = _invoke("index", "info", target)
@@ -242,7 +256,9 @@ def test_search_min_score_keeps_only_passing_matches(photo_set: tuple[Path, Path
     s = round((scores[m - 1] + scores[m]) / 2, 6)  # between two scores, clear of the JSON's rounding
     assert scores[m] - scores[m - 1] > 1e-5
     summary = tmp_path / "summary.json"
-    result = _invoke("search", query, gallery, "-k", "4", "--scores", "--min-score", s, "-o", cut, "--summary", summary)
+    result = _invoke(
+        "search", query, gallery, "-k", "4", "--scores", "--min-score", s, "-o", cut, "--summary", summary
+    )
     assert result.exit_code == 0, result.output
     kept = json.loads(cut.read_text())
     assert kept == {q: [r for r in rows if r["score"] >= s] for q, rows in ranked.items()}
@@ -255,3 +271,37 @@ def test_search_min_score_keeps_only_passing_matches(photo_set: tuple[Path, Path
     threshold.write_text(json.dumps({"threshold": s, "score": "cosine", "model": {"name": "pixels"}}))
     wrong = _invoke("search", query, gallery, "--min-score", threshold, "-o", cut, "-q")
     assert wrong.exit_code == 2 and wrong.output.count("\n") == 1 and "model 'pixels'" in wrong.output
+
+
+def test_rerank_options_reach_the_re_ranker(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    """--rerank-option KEY=VALUE sets the spatial re-ranker's settings (coerced, recorded in the
+    summary); an unknown key or one without --rerank is a one-line error."""
+    query, gallery = photo_set
+    summary = tmp_path / "summary.json"
+    args = (
+        "search",
+        query,
+        gallery,
+        "-m",
+        "pixels",
+        "-k",
+        "3",
+        "--rerank",
+        "sift",
+        "--rerank-top",
+        "3",
+        "-q",
+    )
+    done = _invoke(
+        *args, "--rerank-option", "max_keypoints=300", "--rerank-option", "fusion=rank", "--summary", summary
+    )
+    assert done.exit_code == 0, done.output
+    rerank = json.loads(summary.read_text())["refinement"]["rerank"]
+    assert rerank["options"] == {"max_keypoints": 300, "fusion": "rank"}
+    assert json.loads(summary.read_text())["metric"] == "sift inliers + rank fusion"
+    bad = _invoke(*args, "--rerank-option", "nope=1")
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "has no option(s) nope" in bad.output
+    alone = _invoke("search", query, gallery, "--rerank-option", "ratio=0.8", "-q")
+    assert alone.exit_code == 2 and "give --rerank too" in alone.output
+    wrong = _invoke(*args, "--rerank-option", "max_keypoints=many")
+    assert wrong.exit_code == 2 and wrong.output.count("\n") == 1 and "max_keypoints" in wrong.output

@@ -361,6 +361,7 @@ class Refinement(Postprocess):
 
     rerank: str | None = None
     rerank_top: int = 100
+    rerank_options: dict[str, Any] = field(default_factory=dict)
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
@@ -372,7 +373,15 @@ class Refinement(Postprocess):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rerank is not None:
-            RERANKERS.get(self.rerank)  # an unknown name fails here, before any work
+            entry = RERANKERS.get(self.rerank)  # an unknown name fails here, before any work
+            unknown = sorted(set(self.rerank_options) - set(entry.options()) - {"inputs"})
+            if unknown:
+                raise InputError(
+                    f"--rerank-option: {self.rerank} has no option(s) {', '.join(unknown)}; "
+                    f"it takes {', '.join(o for o in entry.options() if o != 'inputs')}"
+                )
+        elif self.rerank_options:
+            raise InputError("--rerank-option sets the re-ranker's options: give --rerank too")
         if self.rerank_top < 1:
             raise InputError(f"--rerank-top must be at least 1, got {self.rerank_top}")
         if self.score_norm < 0:
@@ -403,6 +412,8 @@ class Refinement(Postprocess):
                 "k2": self.k2,
                 "lambda": self.lambda_value,
             }
+            if self.rerank_options:
+                out["rerank"]["options"] = dict(self.rerank_options)
         if self.regions:
             out["regions"] = {
                 "levels": self.regions,
@@ -444,6 +455,7 @@ class Refinement(Postprocess):
             return None
         entry = RERANKERS.get(self.rerank)
         params = {k: getattr(self, k) for k in ("k1", "k2", "lambda_value") if k in entry.options()}
+        params.update(self.rerank_options)
         inputs = RerankInputs(queries, gallery, query_set, gallery_set, options, self.rerank_top)
         return RERANKERS.create(self.rerank, inputs, **params)
 

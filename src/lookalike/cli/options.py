@@ -97,6 +97,14 @@ SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
         ),
         None,
     ),
+    "rerank_option": (
+        _opt(
+            list[str] | None,
+            "--rerank-option",
+            help="Re-ranker setting KEY=VALUE (repeatable), e.g. ratio=0.8, max_keypoints=2000, fusion=rank.",
+        ),
+        None,
+    ),
     "score_norm": (
         _opt(
             int | None,
@@ -200,7 +208,8 @@ def _config(**values: Any) -> SearchConfig:
         "multiscale": values.get("multiscale"),
         **key_values(values.get("model_option")),
     }
-    steps = {name: values.get(name) for name in (*STORED_STEPS, *SEARCH_STEPS)}
+    steps = {name: values.get(name) for name in (*STORED_STEPS, *SEARCH_STEPS) if name != "rerank_option"}
+    steps["rerank_options"] = key_values(values.get("rerank_option"), "--rerank-option") or None
     return SearchConfig.from_preset(
         values.get("preset"),
         model=values.get("model"),
