@@ -98,7 +98,7 @@ def test_regions_find_a_small_crop_better_than_the_whole_image(tmp_path: Path) -
     GalleryIndex.from_embeddings(
         embed(extractor, ImageSet.from_path(gallery), OPTS).features, ["a", "b", "c", "d"], model=extractor
     ).save(tmp_path / "g.index")
-    with pytest.raises(InputError, match="search the image folder"):
+    with pytest.raises(InputError, match="holds one vector per image"):
         lookalike.search(query, tmp_path / "g.index", options=OPTS, refinement=Refinement(regions=2))
 
 

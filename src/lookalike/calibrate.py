@@ -272,6 +272,26 @@ def load_threshold(
     )
 
 
+def threshold_value(
+    value: float | str | Path, score: str | None = None, model: str | dict[str, Any] | None = None
+) -> float:
+    """A score threshold given as a number (or its text, as ``--min-score 0.8``) or as a file written
+    by ``lookalike calibrate`` (checked against ``score`` and ``model`` as :func:`load_threshold`
+    does): one place for ``search --min-score``, ``serve --min-score`` and the server's requests."""
+    if isinstance(value, bool):
+        raise InputError(f"--min-score must be a number or a threshold file, got {value!r}")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value))
+        except ValueError:
+            return float(load_threshold(value, score=score, model=model))
+    if not math.isfinite(number):
+        raise InputError(f"--min-score must be a finite number or a threshold file, got {value!r}")
+    return number
+
+
 def _check_model(where: str, stored: dict[str, Any], model: str | dict[str, Any]) -> None:
     """Refuse a threshold measured with another model (name, or name and options)."""
     name = model if isinstance(model, str) else model.get("name")

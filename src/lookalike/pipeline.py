@@ -20,7 +20,7 @@ from .images import ImageSet
 from .index import GalleryIndex, is_index
 from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
-from .metrics import TOP_KS, RetrievalMetrics, evaluate_rankings, is_higher_better
+from .metrics import TOP_KS, RetrievalMetrics, accepts, evaluate_rankings, is_higher_better
 from .rerank import RERANKERS, Reranker, RerankInputs
 from .steps import Postprocess, ScoreNormalisation
 
@@ -95,17 +95,9 @@ class SearchRun:
         """Drop the results worse than ``min_score`` (a number, or a ``lookalike calibrate`` file,
         which must be for this run's score and model): they become -1, "no result", so a query's
         list may end early or be empty. Similarities pass at or above it, distances at or below."""
-        from .calibrate import load_threshold
-        from .metrics import accepts, is_higher_better
+        from .calibrate import threshold_value
 
-        if isinstance(min_score, str | Path) and not _is_number(min_score):
-            threshold = float(load_threshold(min_score, score=self.metric, model=self.model))
-        else:
-            threshold = float(min_score)
-            if not np.isfinite(threshold):
-                raise InputError(
-                    f"--min-score must be a finite number or a threshold file, got {min_score!r}"
-                )
+        threshold = threshold_value(min_score, score=self.metric, model=self.model)
         keep = accepts(self.scores, threshold, higher_is_better=is_higher_better(self.metric)) & (
             self.indices >= 0
         )
@@ -140,14 +132,6 @@ class SearchRun:
         if self.metrics is not None:
             out["metrics"] = self.metrics.as_dict()
         return out
-
-
-def _is_number(text: str | Path) -> bool:
-    try:
-        float(str(text))
-    except ValueError:
-        return False
-    return True
 
 
 def check_format(fmt: str, *, group: str | None = None, scores: bool = False) -> None:
@@ -226,6 +210,10 @@ def search(
     if opts.use_cache and opts.cache_dir is None:
         opts = replace(opts, cache_dir=default_cache_dir())
     q_set = _as_image_set(query, query_labels)
+    if min_score is not None:  # a bad number or threshold file fails now, not after the search
+        from .calibrate import threshold_value
+
+        threshold_value(min_score)
     side = gallery_side(gallery, model, model_options, metric, refinement, gallery_labels, opts)
     if evaluate and not (q_set.labelled and side.labelled):
         raise InputError(_NEEDS_LABELS)
@@ -242,16 +230,10 @@ def search(
     reranker = side.reranker(refine, queries, q_set.subset(q_found.indices), opts)
     # one short list serves the written results and the head of the evaluated rankings, so the
     # metrics describe exactly the lists that are written (ties and re-ranking included)
-    shortlist = max(k, max(TOP_KS) if evaluate else 0, refine.rerank_top if reranker is not None else 0)
+    shortlist = max(k, max(TOP_KS) if evaluate else 0)
     if evaluate and searched.exhaustive:  # it ranks the whole gallery anyway: keep all of it
         shortlist = max(shortlist, len(searched))
-    if normaliser is not None and normaliser.background is None:  # the k-th gallery score is needed
-        shortlist = max(shortlist, normaliser.k)
-    head, head_scores = searched.search(queries, shortlist)
-    if reranker is not None:
-        head, head_scores = reranker.rerank(np.arange(len(queries)), head)
-    if normaliser is not None:
-        head_scores = head_scores - normaliser.bias(queries, head_scores)[:, None]
+    head, head_scores = short_lists(searched, queries, shortlist, reranker, normaliser, refine.rerank_top)
     indices, scores = head[:, :k], head_scores[:, :k]
     t2 = time.perf_counter()
     run = SearchRun(
@@ -287,6 +269,29 @@ def search(
             threshold=run.min_score,
         )
     return run
+
+
+def short_lists(
+    searched: Any,
+    queries: Any,
+    depth: int,
+    reranker: Reranker | None,
+    normaliser: ScoreNormalisation | None,
+    rerank_top: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, scores) of each query's short list, best first: ``depth`` results (more where the
+    re-ranker's ``rerank_top`` or the normalisation's k-th gallery score needs them), re-ranked,
+    then normalised. The search and the server both rank through this."""
+    if reranker is not None:
+        depth = max(depth, rerank_top)
+    if normaliser is not None and normaliser.background is None:
+        depth = max(depth, normaliser.k)
+    head, scores = searched.search(queries, depth)
+    if reranker is not None:
+        head, scores = reranker.rerank(np.arange(len(head)), head)
+    if normaliser is not None:
+        scores = scores - normaliser.bias(queries, scores)[:, None]
+    return head, scores
 
 
 def score_name(metric: str, reranker: Reranker | None, normaliser: ScoreNormalisation | None) -> str:
@@ -480,6 +485,7 @@ class GallerySide:
     n_cached: int = 0
     kept: list[int] = field(default_factory=list)
     vectors: np.ndarray | None = None  # the vectors searched, after the search-time steps
+    _searchable: tuple[Any, Postprocess | None] | None = field(default=None, repr=False)
     query_extractor: Extractor | None = None  # another view of the queries (whole image vs regions)
     regions: int = 1  # region vectors per gallery image (see features.regions)
     query_regions: int = 1
@@ -508,7 +514,7 @@ class GallerySide:
         index a step it already stores with the same settings (a preset used for both build and
         search) is not run twice; one with other settings is refused, since it would be applied on
         top of the stored one."""
-        refine.check(self.extractor.dim)
+        refine.check(self.extractor.dim // self.regions)  # one region's dimension
         if self.images is not None or not self.index.post.active:
             return refine
         post = self.index.post
@@ -561,24 +567,44 @@ class GallerySide:
         )
         self.skipped, self.n_extracted, self.n_cached = emb.skipped, emb.n_extracted, emb.n_cached
 
-    def prepare(self, queries: np.ndarray, refine: Refinement) -> tuple[np.ndarray, GalleryIndex]:
-        """(queries, index to search): the queries in the index's space (its stored steps applied),
-        then the search-time steps; when those change the gallery vectors (whitening, DBA) an exact
-        in-memory index over the changed vectors is searched instead."""
-        index = self.index
-        if self.regions > 1:  # one vector per region: searched as region rows, answered per image
-            dim = index.dim // self.regions
-            flat_q = np.asarray(queries).reshape(-1, dim)
-            queries, self.vectors, _ = refine.apply(flat_q, np.asarray(index.search_vectors).reshape(-1, dim))
-            names = [name for name in index.names for _ in range(self.regions)]
-            inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
-            return queries, RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
-        if self.images is None and index.post.active:
-            queries = index.post.queries(queries)
-        queries, self.vectors, changed = refine.apply(queries, index.search_vectors)
-        if changed:
-            index = GalleryIndex.from_embeddings(self.vectors, index.names, index.labels, metric=self.metric)
-        return queries, index
+    def searchable(self, refine: Refinement) -> tuple[GalleryIndex | RegionIndex, Postprocess | None]:
+        """(index to search, the search-time steps fitted on the gallery), made once per side: the
+        saved or in-memory index itself, or, when whitening or DBA change the gallery vectors, an
+        exact in-memory index over the changed ones; region vectors are searched as region rows
+        and answered per image. A server pays this once, not on every request."""
+        if self._searchable is None:
+            index = self.index
+            gallery = np.asarray(index.search_vectors)
+            if self.regions > 1:
+                gallery = gallery.reshape(-1, index.dim // self.regions)
+            steps = refine.fit_steps(gallery) if (refine.whiten or refine.dba or refine.qe) else None
+            self.vectors = steps.gallery(gallery) if (refine.whiten or refine.dba) else gallery
+            searched: GalleryIndex | RegionIndex = index
+            if self.regions > 1:
+                names = [name for name in index.names for _ in range(self.regions)]
+                inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
+                searched = RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
+            elif refine.whiten or refine.dba:
+                searched = GalleryIndex.from_embeddings(
+                    self.vectors, index.names, index.labels, metric=self.metric
+                )
+            self._searchable = (searched, steps)
+        return self._searchable
+
+    def prepare(
+        self, queries: np.ndarray, refine: Refinement
+    ) -> tuple[np.ndarray, GalleryIndex | RegionIndex]:
+        """(queries, index to search): the queries in the searched space (region rows; the index's
+        stored whitening; the search-time whitening and query expansion) and :meth:`searchable`."""
+        searched, steps = self.searchable(refine)
+        queries = np.asarray(queries, dtype=np.float32)
+        if self.regions > 1:
+            queries = queries.reshape(-1, self.index.dim // self.regions)
+        elif self.images is None and self.index.post.active:
+            queries = self.index.post.queries(queries)
+        if steps is not None:
+            queries = steps.queries(queries, self.vectors)
+        return queries, searched
 
     def normaliser(self, refine: Refinement, opts: ExtractOptions) -> ScoreNormalisation | None:
         """The score normalisation asked for, its background (if any) embedded with this model and
@@ -597,8 +623,9 @@ class GallerySide:
         background = found.features
         if self.images is None and self.index.post.active:
             background = self.index.post.queries(background)
-        if refine.whiten:
-            background = refine.fit_steps(self.index.search_vectors).whitened(background)
+        _, steps = self.searchable(refine)
+        if steps is not None:
+            background = steps.whitened(background)
         return ScoreNormalisation(refine.score_norm, background=np.ascontiguousarray(background, np.float32))
 
     def reranker(
@@ -607,6 +634,7 @@ class GallerySide:
         """The re-ranking step asked for, over the searched vectors and the readable images."""
         if refine.rerank is None:
             return None
+        self.searchable(refine)  # the searched vectors
         gallery = self.vectors
         if self.regions > 1:  # the re-ranker compares whole images: their first region each
             gallery = gallery.reshape(-1, self.regions, gallery.shape[1])[:, 0]
@@ -696,7 +724,9 @@ def _index_side(
         return GallerySide(extractor=extractor, metric=index.metric, index=index)
     regions = len(region_boxes(index.regions))
     by_regions = refinement is not None and refinement.query_regions
-    whole = _as_extractor(index.model["name"], {k: v for k, v in index.model["options"].items() if "region" not in k})
+    whole = _as_extractor(
+        index.model["name"], {k: v for k, v in index.model["options"].items() if "region" not in k}
+    )
     return GallerySide(
         extractor=extractor,
         metric=index.metric,

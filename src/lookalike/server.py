@@ -40,14 +40,14 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import default_cache_dir
-from .calibrate import load_threshold
+from .calibrate import threshold_value
 from .config import SearchConfig
 from .errors import ImageError, InputError
 from .extract import DecodedImages, make_runner, resolve_device
 from .images import ImageSet, to_rgb
 from .index import GalleryIndex, is_index
 from .metrics import accepts, is_higher_better
-from .pipeline import GallerySide, gallery_side, score_name
+from .pipeline import GallerySide, gallery_side, score_name, short_lists
 from .report import thumbnail_jpeg
 
 log = logging.getLogger("lookalike")
@@ -198,14 +198,15 @@ class Searcher:
         self.normaliser = side.normaliser(self.refine, self.options)
         self.side = side
         self.index = side.index
-        self.extractor = side.extractor
-        self.runner = make_runner(self.extractor, torch_device, runtime, default_cache_dir())
+        self.extractor = side.extractor  # the index's model (an index of regions: its region extractor)
+        self.query_extractor = side.query_extractor or side.extractor  # how an upload is described
+        self.runner = make_runner(self.query_extractor, torch_device, runtime, default_cache_dir())
         self.names = self.index.names
         self.labels = self.index.labels
         self.root = self.index.root.resolve()
         probe = None  # what the scores are: the re-ranker's own, or normalised similarities
         if self.refine.rerank is not None:
-            none = np.zeros((0, self.extractor.dim), dtype=np.float32)
+            none, _ = side.prepare(np.zeros((0, self.query_extractor.dim), dtype=np.float32), self.refine)
             probe = side.reranker(self.refine, none, ImageSet([], self.root), self.options)
         self.score_name = score_name(self.index.metric, probe, self.normaliser)
         self.higher_is_better = is_higher_better(self.score_name)
@@ -218,18 +219,14 @@ class Searcher:
 
     def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
         """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
-        pixels = decode_for_model(path, self.extractor.preprocess.size, max_pixels)
+        pixels = decode_for_model(path, self.query_extractor.preprocess.size, max_pixels)
         with self._lock:
             return np.asarray(self.runner(pixels[None]), dtype=np.float32)
 
     def threshold(self, min_score: float | str | Path) -> float:
         """A score threshold from a number or a ``lookalike calibrate`` file, which must be for
         this server's kind of score and model (one line saying why not)."""
-        if isinstance(min_score, str | Path):
-            return float(load_threshold(min_score, score=self.score_name, model=self.extractor.describe()))
-        if not math.isfinite(min_score):
-            raise InputError(f"min_score must be a finite number, got {min_score!r}")
-        return float(min_score)
+        return threshold_value(min_score, score=self.score_name, model=self.extractor.describe())
 
     def search_file(
         self, path: Path, k: int, max_pixels: int, min_score: float | None = None
@@ -240,14 +237,9 @@ class Searcher:
         with self._lock:
             queries, searched = self.side.prepare(vector, self.refine)
             reranker = self.side.reranker(self.refine, queries, ImageSet([path], path.parent), self.options)
-            shortlist = max(k, self.refine.rerank_top if reranker is not None else 0)
-            if self.normaliser is not None and self.normaliser.background is None:
-                shortlist = max(shortlist, self.normaliser.k)
-            rows, scores = searched.search(queries, min(shortlist, len(self.names)))
-            if reranker is not None:
-                rows, scores = reranker.rerank(np.arange(1), rows)
-            if self.normaliser is not None:
-                scores = scores - self.normaliser.bias(queries, scores)[:, None]
+            rows, scores = short_lists(
+                searched, queries, k, reranker, self.normaliser, self.refine.rerank_top
+            )
         rows, scores = rows[0, :k], scores[0, :k]
         if min_score is not None:
             rows = np.where(accepts(scores, min_score, higher_is_better=self.higher_is_better), rows, -1)
@@ -791,9 +783,10 @@ def create_app(
         return results
 
     def _request_threshold(value: float) -> float:
-        if not math.isfinite(value):
-            raise HTTPException(400, f"min_score must be a finite number, not {value}")
-        return float(value)
+        try:
+            return searcher.threshold(value)
+        except InputError as exc:
+            raise HTTPException(400, str(exc)) from None
 
     @app.get("/health", response_model=Health)
     def health() -> Health:

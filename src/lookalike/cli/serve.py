@@ -75,14 +75,7 @@ def serve_command(
         max_waiting=max_waiting,
         queue_timeout=queue_timeout,
         config=config,
-        min_score=None if min_score is None else _number_or_file(min_score),
+        min_score=min_score,
     )
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app_, host=host, port=port, log_level=log_level)
-
-
-def _number_or_file(text: str) -> float | Path:
-    try:
-        return float(text)
-    except ValueError:
-        return Path(text)

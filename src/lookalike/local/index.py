@@ -156,7 +156,7 @@ class LocalResult:
 
     def order(self) -> np.ndarray:
         """The whole gallery ranked for each query: (n_queries, n_gallery) positions, best first."""
-        return rank_by_verification(self.inliers, self.good_matches)
+        return Verified(self.inliers, self.good_matches).order()
 
     def rankings(self) -> Iterator[tuple[int, np.ndarray]]:
         """Full rankings in the ``(first_query, order)`` blocks ``metrics.evaluate_rankings`` takes."""

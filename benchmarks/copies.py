@@ -1,0 +1,146 @@
+"""Copy detection on the hard sets: every option alone and combined, with the time per query.
+
+    python benchmarks/copies.py [--sets crop-copies disc-copies] [--rows NAME ...]
+
+`crop-copies` (``lookalike.samples.make_crop_copy_set``, seed 0: queries are 20-35% area crops,
+turned up to 30 degrees, scaled to 0.35, recoloured, JPEG quality 15, among 400 distractors) and
+`disc-copies` (``make_copy_detection_set(strength=1.8, composite=0.7, distractors=400)``, seed 7, as
+in `benchmarks/refinement.py`). Each row is one configuration searched with ``lookalike.evaluate``;
+figures are top-1, mAP and µAP (pairs of the top-10 lists pooled over all queries), the search
+time per query (k-NN, regions, verification: everything after the features) and the extraction
+time per image of the configuration's features (measured where its features were not cached yet;
+a region configuration extracts every region). Writes benchmarks/out/copies.json and prints a
+Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import lookalike
+from lookalike import ExtractOptions
+from lookalike.config import SearchConfig
+from lookalike.samples import make_copy_detection_set, make_crop_copy_set
+
+HERE = Path(__file__).parent
+
+COPIES = ("efficientnet-lite0", {"pool": "gem", "multiscale": True})  # the `copies` preset before this run
+COPIES_STEPS = {"whiten": True, "whiten_dim": 128}
+# name -> (model, model options, refinement)
+ROWS: dict[str, tuple[str, dict, dict]] = {
+    "efficientnet-lite0 (default)": ("efficientnet-lite0", {}, {}),
+    "GeM + multi-scale + whitening 128": (
+        "efficientnet-lite0",
+        {"pool": "gem", "multiscale": True},
+        {"whiten": True, "whiten_dim": 128},
+    ),
+    "regions 2": ("efficientnet-lite0", {}, {"regions": 2}),
+    "regions 3": ("efficientnet-lite0", {}, {"regions": 3}),
+    "regions 3 + query regions": ("efficientnet-lite0", {}, {"regions": 3, "query_regions": True}),
+    "sift verification, top 100": ("efficientnet-lite0", {}, {"rerank": "sift", "rerank_top": 100}),
+    "regions 3 + sift, top 100": (
+        "efficientnet-lite0",
+        {},
+        {"regions": 3, "rerank": "sift", "rerank_top": 100},
+    ),
+    "score norm k=10": ("efficientnet-lite0", {}, {"score_norm": 10}),
+    "regions 3 + score norm k=10": ("efficientnet-lite0", {}, {"regions": 3, "score_norm": 10}),
+    "copies preset + score norm k=10": COPIES + ({**COPIES_STEPS, "score_norm": 10},),
+    "copies preset + regions 3": COPIES + ({**COPIES_STEPS, "regions": 3},),
+    "copies preset + regions 3 + query regions": COPIES
+    + ({**COPIES_STEPS, "regions": 3, "query_regions": True},),
+    "copies preset + sift, top 100": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 100},),
+    "copies preset + sift, top 300": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 300},),
+    "sscd 224": ("sscd", {"size": 224}, {}),
+    "sscd 224 + whitening 128": ("sscd", {"size": 224}, COPIES_STEPS),
+    "sscd-distilled 224 + whitening 128": ("sscd-distilled", {"size": 224}, COPIES_STEPS),
+    "sscd 224 + sift, top 100": ("sscd", {"size": 224}, {"rerank": "sift", "rerank_top": 100}),
+    "sscd 224 + score norm k=10": ("sscd", {"size": 224}, {"score_norm": 10}),
+    "sscd-distilled 224": ("sscd-distilled", {"size": 224}, {}),
+    "sscd-distilled 224 + sift, top 100": (
+        "sscd-distilled",
+        {"size": 224},
+        {"rerank": "sift", "rerank_top": 100},
+    ),
+}
+
+
+def build(name: str, tmp: Path) -> tuple[Path, Path]:
+    if name == "crop-copies":
+        return make_crop_copy_set(tmp / "crop", seed=0)
+    if name == "disc-copies":
+        return make_copy_detection_set(
+            tmp / "disc",
+            gallery_copies=2,
+            query_copies=4,
+            seed=7,
+            strength=1.8,
+            composite=0.7,
+            distractors=400,
+        )
+    raise SystemExit(f"unknown set {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sets", nargs="+", default=["crop-copies", "disc-copies"])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the cache here.")
+    args = parser.parse_args()
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.tmp or Path(scratch)
+        options = ExtractOptions(progress=False, cache_dir=tmp / "cache")
+        for set_name in args.sets:
+            query, gallery = build(set_name, tmp)
+            for row in args.rows:
+                model, model_options, refinement = ROWS[row]
+                config = SearchConfig.from_preset(
+                    model=model, model_options=model_options, extract=options, refinement=refinement
+                )
+                run = lookalike.evaluate(query, gallery, config=config)
+                m = run.metrics
+                extracted = sum(run.stats["extracted"].values())
+                cell = {
+                    "top1": m.top_k[1],
+                    "mAP": m.mean_ap,
+                    "uAP": m.micro_ap,
+                    "search_ms_per_query": 1000 * run.stats["search_seconds"] / len(run.query_names),
+                    "extract_ms_per_image": 1000 * run.stats["extract_seconds"] / extracted
+                    if extracted
+                    else None,
+                }
+                results.setdefault(row, {})[set_name] = cell
+                extract = f"{cell['extract_ms_per_image']:.0f}" if extracted else "cached"
+                print(
+                    f"{set_name:12s} {row:38s} top-1 {cell['top1']:.3f} mAP {cell['mAP']:.3f} µAP {cell['uAP']:.3f} "
+                    f"search {cell['search_ms_per_query']:.1f} ms/query, extract {extract} ms/image",
+                    flush=True,
+                )
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / "copies.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(
+        "\n| configuration | " + " | ".join(f"{s} top-1 | mAP | µAP | search ms/q" for s in args.sets) + " |"
+    )
+    print("| --- |" + " --- | --- | --- | --- |" * len(args.sets))
+    for row in args.rows:
+        cells = []
+        for s in args.sets:
+            c = results[row][s]
+            cells += [
+                f"{c['top1']:.3f}",
+                f"{c['mAP']:.3f}",
+                f"{c['uAP']:.3f}",
+                f"{c['search_ms_per_query']:.1f}",
+            ]
+        print(f"| {row} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
