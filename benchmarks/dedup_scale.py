@@ -2,7 +2,8 @@
 
 Plants clusters of 2-5 near copies (a unit centre plus Gaussian noise) among random singletons,
 then runs exactly the dedup path of ``lookalike dedup``: an in-memory :class:`GalleryIndex`
-(``--backend``, e.g. ``ivfsq8`` or ``hnsw``), ``search_pairs`` (k neighbours per vector, in blocks,
+(``--backend dedup``, the default: what ``lookalike dedup`` builds for a folder of that size,
+``lookalike.dedup.default_backend``; or any spec, e.g. ``auto``, ``ivfsq8``, ``hnsw``), ``search_pairs`` (k neighbours per vector, in blocks,
 cut at the threshold), and ``group_pairs`` (components, cliques, complete linkage, with exact
 completion of non-clique components). Reports wall time per phase, peak memory (max RSS) and
 how many planted clusters came back exactly.
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.dedup import Threshold, group_pairs, pairs_among, search_pairs
-from lookalike.index import GalleryIndex
+from lookalike.dedup import Threshold, group_pairs, in_memory_index, pairs_among, search_pairs
 
 
 def peak_gb() -> float:
@@ -57,7 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--backend", default="ivfsq8", help="exact, flat, hnsw, ivfsq8, faiss:<factory>")
+    parser.add_argument(
+        "--backend",
+        default="dedup",
+        help="dedup (lookalike dedup's choice), auto, exact, hnsw, ivfsq8, faiss:<factory>",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=0.85)
     parser.add_argument("--clustered", type=float, default=0.2, help="share of vectors in planted clusters")
@@ -76,7 +80,8 @@ def main() -> None:
     times["generate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    index = GalleryIndex.from_embeddings(vectors, [f"v{i}" for i in range(args.n)], backend=args.backend)
+    names = [f"v{i}" for i in range(args.n)]
+    index = in_memory_index(vectors, names, None if args.backend == "dedup" else args.backend)
     times["index_build_s"] = time.perf_counter() - t
     if args.nprobe is not None:
         index.backend.nprobe = args.nprobe
@@ -103,7 +108,7 @@ def main() -> None:
         "dim": args.dim,
         "backend": index.backend.spec,
         "k": args.k,
-        "nprobe": args.nprobe,
+        "nprobe": getattr(index.backend, "nprobe", None) if args.nprobe is None else args.nprobe,
         "ef_search": args.ef_search,
         "threshold": args.threshold,
         "threads": os.environ.get("OMP_NUM_THREADS"),

@@ -12,10 +12,14 @@ original is the query, its duplicates are in the gallery, and a third of the dis
 queries with no match, as in DISC21), and dedup over the whole folder, scored against the groups.
 
 Material: the quadrants (halves, or the whole photo, when it is small) of scikit-image's bundled
-photographs and of scikit-learn's two sample photos (when scikit-learn is installed), at most
-320 px; stationary textures (grass, gravel, brick, the Hubble deep field) give one tile, since
-their parts are statistically identical, and flat tiles (std < 18) are dropped. Quadrants of one
-photo share colour and texture without overlapping, which makes them hard negatives. Sets:
+photographs and of scikit-learn's two sample photos (scikit-learn is required, so the sets are the
+same in every environment), at most 320 px; stationary textures (grass, gravel, brick, the Hubble
+deep field) give one tile, since their parts are statistically identical, and flat tiles (std <
+18) are dropped. A distractor may be another quadrant of a group's photo: the two share no pixels,
+so they count as different images, but they share colour, texture and camera, which makes them
+harder negatives than unrelated photos (no set contains a crop that overlaps another image of a
+different label: the near set keeps stereo_motorcycle's tiles out, since it uses that photo whole).
+In ``near`` the frames and stereo views of one scene count as one group (duplicates). Sets:
 
   exact    original + 1-2 byte-identical copies, one of them re-saved losslessly as PNG
   resized  original + 1-2 copies scaled by 0.3-0.9 and re-encoded as JPEG at quality 30-90
@@ -60,6 +64,7 @@ GROUPS = 24
 DISTRACTORS = 60  # at most: the tiles left after the groups
 # synthetic drawings or near-uniform images: no real photographic content to tile
 SKIP_PHOTOS = {"horse", "colorwheel", "logo", "shepp_logan_phantom", "microaneurysms"}
+REAL_STEREO = "stereo_motorcycle"  # its left view is one photo's tiles; the near set uses both views whole
 
 
 @dataclass
@@ -89,14 +94,16 @@ def _photos() -> list[tuple[str, Image.Image]]:
     out = [(n, sample_photo(n)) for n in (*PHOTOS, *DISTRACTOR_PHOTOS) if n not in SKIP_PHOTOS]
     try:
         from sklearn.datasets import load_sample_images
-
-        sk = load_sample_images()
-        out += [
-            (Path(f).stem, Image.fromarray(img).convert("RGB"))
-            for f, img in zip(sk.filenames, sk.images, strict=True)
-        ]
-    except ImportError:
-        print("scikit-learn not installed: its two sample photos are left out", file=sys.stderr)
+    except ImportError:  # the sets would differ between environments: never build them without
+        raise SystemExit(
+            "dedup_sets needs scikit-learn for its two sample photos (china, flower), so that the sets are "
+            "the same in every environment: pip install scikit-learn (imagededup installs it too)"
+        ) from None
+    sk = load_sample_images()
+    out += [
+        (Path(f).stem, Image.fromarray(img).convert("RGB"))
+        for f, img in zip(sk.filenames, sk.images, strict=True)
+    ]
     return out
 
 
@@ -281,7 +288,9 @@ def build_mixed(units: list, rng: np.random.Generator) -> DedupSet:
 
 
 def build_near(units: list, rng: np.random.Generator) -> DedupSet:
-    """Consecutive frames and stereo pairs of one scene, plus the real stereo_motorcycle pair."""
+    """Consecutive frames and stereo pairs of one scene, plus the real stereo_motorcycle pair (its
+    tiles are left out of the scenes and distractors: they are parts of that pair's photos)."""
+    units = [u for u in units if not u[0].startswith(f"{REAL_STEREO}-")]
     order = rng.permutation(len(units))
     scenes = [units[i][1] for i in order[:GROUPS]]
     others = [units[i][1] for i in order[GROUPS : GROUPS + DISTRACTORS]]

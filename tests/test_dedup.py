@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 from lookalike.cli import app
 from lookalike.config import SearchConfig
 from lookalike.dedup import (
+    DEDUP_MODEL,
+    DEFAULT_THRESHOLDS,
     Pairs,
     Threshold,
     apply,
@@ -36,6 +38,8 @@ from lookalike.dedup import (
     undo,
 )
 from lookalike.dedup import actions as actions_module
+from lookalike.dedup.pairs import resolve_threshold
+from lookalike.dedup.result import dedup_default_model
 from lookalike.errors import InputError
 from lookalike.extract import ExtractOptions
 from lookalike.index import GalleryIndex
@@ -132,7 +136,10 @@ def expected_groups() -> list[set[str]]:
 
 def test_groups_on_real_photos_with_the_default_model(col: Path) -> None:
     result = find_duplicates(col, config=SearchConfig(extract=OPTS))
-    assert result.threshold.source == "default for efficientnet-lite0"
+    assert (
+        result.threshold.source == f"default for {DEDUP_MODEL}"
+        and result.settings["model"]["name"] == "pixels"
+    )
     assert sorted(groups_by_name(result), key=sorted) == sorted(expected_groups(), key=sorted)
     for g in result.groups:  # kept: the full-size image (original or its byte-identical copy)
         assert result.items[g.kept].name.endswith((".png",)) and "small" not in result.items[g.kept].name
@@ -267,6 +274,65 @@ def test_spatial_verification_keeps_only_verified_pairs(col: Path) -> None:
     for name in ORIGINALS:  # byte-identical copies always verify
         assert any({f"{name}.png", f"copies/{name}_exact.png"} <= g for g in groups_by_name(result))
     assert all(p.get("inliers", 0) >= 10 for p in result.to_json()["pairs"])
+
+
+def test_verification_decides_only_below_the_unverified_default(col: Path) -> None:
+    # below pixels' own default (calibrated without verification) pairs need inliers; at or above
+    # it they are duplicates already and are kept unverified (inliers -1), as without --verify
+    plain = find_duplicates(col, config=PIXELS)
+    result = find_duplicates(col, config=PIXELS, threshold=0.2, verify="sift", min_inliers=10)
+    confident = DEFAULT_THRESHOLDS["pixels"]["cosine"]
+    assert result.settings["verify"]["accepted_unverified_from"] == confident
+    inl, score = result.pairs.inliers, result.pairs.score
+    assert ((score >= confident) == (inl == -1)).all() and (inl[score < confident] >= 10).all()
+    names = [it.name for it in result.items]
+    found = {(names[a], names[b]) for a, b in zip(result.pairs.a, result.pairs.b, strict=True)}
+    assert {
+        (plain.items[a].name, plain.items[b].name) for a, b in zip(plain.pairs.a, plain.pairs.b, strict=True)
+    } <= found
+    everything = find_duplicates(col, config=PIXELS, threshold=0.2)  # what verification had to judge
+    assert len(found) < len(everything.pairs)  # it rejected some pairs below the default
+
+
+def test_the_default_model_of_dedup_and_its_exceptions(col: Path) -> None:
+    assert dedup_default_model(SearchConfig()) == DEDUP_MODEL == "pixels"
+    # a preset or model options are CNN settings: then the search default
+    assert dedup_default_model(SearchConfig.from_preset("copies")) == "efficientnet-lite0"
+    assert dedup_default_model(SearchConfig(model_options={"pool": "gem"})) == "efficientnet-lite0"
+    code, output = cli("dedup", str(col), "-q", "-o", str(col.parent / "d.json"))
+    assert code == 0, output
+    doc = json.loads((col.parent / "d.json").read_text())
+    assert doc["settings"]["model"]["name"] == "pixels" and doc["counts"]["groups"] == 3
+
+
+def test_a_calibration_file_without_a_model_means_its_model(col: Path, tmp_path: Path) -> None:
+    # `lookalike calibrate` (efficientnet-lite0 by default) then `dedup --threshold-file`: that model,
+    # not dedup's own default, which the file would be refused for
+    from lookalike.methods import resolve_method
+
+    described = resolve_method("efficientnet-lite0", {}).describe()
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"threshold": 0.9, "score": "cosine", "model": described}))
+    result = find_duplicates(col, config=SearchConfig(extract=OPTS), threshold_file=path)
+    assert result.settings["model"]["name"] == "efficientnet-lite0" and result.threshold.value == 0.9
+
+
+def test_default_thresholds_per_preset_and_verification() -> None:
+    table = DEFAULT_THRESHOLDS
+    copies = resolve_threshold("cosine", "efficientnet-lite0", preset="copies")
+    assert copies.value == table["efficientnet-lite0@copies"]["cosine"] and "@copies" in copies.source
+    verified = resolve_threshold("cosine", "efficientnet-lite0", preset="copies", verify="sift")
+    assert verified.value == table["efficientnet-lite0@copies"]["cosine+sift"] < copies.value
+    plain = resolve_threshold("cosine", "efficientnet-lite0", preset="default")
+    assert (
+        plain.value == table["efficientnet-lite0"]["cosine"]
+        and plain.source == "default for efficientnet-lite0"
+    )
+    # a verification or a preset without a row of its own falls back to the plain row
+    assert resolve_threshold("cosine", "pixels", verify="surf").value == table["pixels"]["cosine"]
+    assert resolve_threshold("cosine", "pixels", preset="copies").source == "default for pixels"
+    with pytest.raises(InputError, match="no default duplicate threshold"):
+        resolve_threshold("euclidean", "pixels")
 
 
 def test_a_local_method_scores_pairs_by_inliers(col: Path) -> None:
@@ -505,7 +571,12 @@ def test_json_csv_and_html_are_written_and_never_over_an_input(col: Path, tmp_pa
     assert code == 0, output
     doc = json.loads(out.read_text())
     assert doc["format"] == "lookalike-dedup" and doc["counts"]["groups"] == 3
-    assert doc["settings"]["threshold"] == {"value": 0.85, "score": "cosine", "source": "default for pixels"}
+    default = DEFAULT_THRESHOLDS["pixels"]["cosine"]
+    assert doc["settings"]["threshold"] == {
+        "value": default,
+        "score": "cosine",
+        "source": "default for pixels",
+    }
     assert all(sum(m["kept"] for m in g["members"]) == 1 and g["kept"] for g in doc["groups"])
     rows = table.read_text().splitlines()
     assert rows[0].startswith("group,image,set,kept") and len(rows) == 1 + 12

@@ -31,7 +31,7 @@ def _opt(kind: Any, *names: str, **info: Any) -> Any:
 MODEL = {
     "model": (
         _opt(
-            str | None, "--model", "-m", help="Method (see `lookalike models`); default efficientnet-lite0."
+            str | None, "--model", "-m", help="Method (see `lookalike models`); default efficientnet-lite0 (dedup: pixels)."
         ),
         None,
     ),

@@ -24,18 +24,22 @@ from .groups import Grouping, complete_linkage, group_pairs
 from .journal import read_journal, trash_folder
 from .keep import KEEP_RULES, choose_kept, file_sha256
 from .pairs import (
+    DEDUP_MODEL,
     DEFAULT_K,
     DEFAULT_THRESHOLDS,
     Pairs,
     Threshold,
+    default_backend,
+    default_threshold,
     knn_pairs,
     pairs_among,
     resolve_threshold,
     search_pairs,
 )
-from .result import DedupResult, Group, Item, find_duplicates
+from .result import DedupResult, Group, Item, find_duplicates, in_memory_index
 
 __all__ = [
+    "DEDUP_MODEL",
     "ACTIONS",
     "DEFAULT_K",
     "DEFAULT_THRESHOLDS",
@@ -53,11 +57,14 @@ __all__ = [
     "UndoReport",
     "apply",
     "choose_kept",
+    "default_backend",
+    "default_threshold",
     "complete_linkage",
     "empty_trash",
     "file_sha256",
     "find_duplicates",
     "group_pairs",
+    "in_memory_index",
     "knn_pairs",
     "mark_different",
     "pairs_among",

@@ -20,22 +20,54 @@ from ..metrics import is_higher_better
 
 log = logging.getLogger("lookalike")
 
-# Default thresholds per model and score kind. efficientnet-lite0 and pixels were measured here on
-# the 23 scikit-image sample photos, each as the original PNG, a half-size JPEG (q90), a JPEG at
-# q40 and a third-size WebP (q60): efficientnet-lite0 cosine, different photos at most 0.553 (99th
-# percentile 0.437), copies of one photo at median 0.941, 5th percentile 0.731 (only the near-black
-# `microaneurysms` fell far below); pixels (32x32) different photos at most 0.565, copies 5th
-# percentile 0.922. The thresholds sit above the worst different pair, favouring precision since
-# actions move and delete files. The local methods count RANSAC inliers (lookalike.local's own
-# minimum for a verified match). `lookalike calibrate` writes measured values for other data.
+# Default thresholds per model (``model@preset`` for a preset; ``cosine+sift``: the cosine cut when
+# pairs are also verified by ``--verify sift``). Calibrated for pair precision 0.99 on the labelled
+# duplicate set ``mixed`` of benchmarks/dedup_sets.py at seed 1 (125 images: 24 originals, each with
+# an exact, a resized/re-encoded and an edited copy, among 29 distractors that include other
+# quadrants of the same photos): the cut with the highest pair recall at that precision over
+# dedup's own pairs (k = 10), kept to 6 decimals rounded down, by ``python
+# benchmarks/dedup_quality.py --calibrate-only`` (seed 0 evaluation of every set against
+# imagededup's hashes: benchmarks/out/dedup-quality, BENCHMARKS.md). Recall on mixed-s1 at these
+# cuts: pixels 0.69, efficientnet-lite0 0.26 (0.75 with sift), copies 0.40 (0.76), sscd 0.57
+# (0.81), sscd-distilled 0.56 (0.81). With sift, pairs at or above the plain cut are kept
+# unverified and verification decides the band below; its cut was calibrated over pairs from
+# cosine 0.5 up and precision held down to that floor, so it is the lowest verified true pair
+# there: a bound on how many pairs are verified as much as a precision cut. The local methods count
+# RANSAC inliers (lookalike.local's own minimum for a verified match). `lookalike calibrate`
+# writes measured values for other data.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "efficientnet-lite0": {"cosine": 0.65},
-    "pixels": {"cosine": 0.85},
+    "pixels": {"cosine": 0.780875},
+    "efficientnet-lite0": {"cosine": 0.931738, "cosine+sift": 0.552634},
+    "efficientnet-lite0@copies": {"cosine": 0.886189, "cosine+sift": 0.501465},
+    "sscd": {"cosine": 0.815696, "cosine+sift": 0.517675},
+    "sscd-distilled": {"cosine": 0.843638, "cosine+sift": 0.535262},
     "surf": {"inliers": 10.0},
     "sift": {"inliers": 10.0},
     "orb": {"inliers": 10.0},
 }
 DEFAULT_K = 10
+# The model of `lookalike dedup` without -m (a preset or model options choose the search default):
+# at the thresholds above, pixels' pair F1 ties (at 1.000: exact, resized) or beats every imagededup
+# hash on every set; efficientnet-lite0 lost to them on exact, resized, copies and mixed.
+DEDUP_MODEL = "pixels"
+# The in-memory index of a folder: exact up to AUTO_EXACT_LIMIT vectors, then an inverted file over
+# 8-bit codes with fewer lists and probes than `auto` (IVF 4 sqrt(n), 1/128 probed): duplicates sit
+# very close to each other, so a coarser quantiser and few probes still find them. Measured by
+# benchmarks/dedup_scale.py on 1,000,000 clustered 64-d vectors (README, Dedup).
+DEDUP_NLIST_PER_SQRT = 2  # lists = 2 sqrt(n): 2,000 for a million
+DEDUP_NPROBE = 8
+
+
+def default_backend(n_vectors: int) -> tuple[str, int | None]:
+    """(backend spec, IVF probes or None) dedup uses for ``n_vectors`` in memory."""
+    from ..index.backends import AUTO_EXACT_LIMIT
+
+    if n_vectors <= AUTO_EXACT_LIMIT:
+        return "exact", None
+    nlist = int(DEDUP_NLIST_PER_SQRT * np.sqrt(n_vectors))
+    return f"faiss:IVF{nlist},SQ8", min(nlist, DEDUP_NPROBE)
+
+
 VERIFY_METHODS = ("sift", "surf")
 
 
@@ -62,12 +94,40 @@ class Threshold:
         return {"value": self.value, "score": self.score, "source": self.source}
 
 
+def default_key(model: str, preset: str | None = None) -> str:
+    """The ``DEFAULT_THRESHOLDS`` row of a model, or of a model under a preset (``model@preset``)."""
+    return model if preset in (None, "default") else f"{model}@{preset}"
+
+
+def default_threshold(
+    score: str, model: str, preset: str | None = None, verify: str | None = None
+) -> Threshold | None:
+    """The default cut for ``score`` with ``model`` (under ``preset``; with ``verify``, the cut
+    measured with that verification: ``"cosine+sift"``, else the plain one), None when the table
+    has none. A preset without a row of its own falls back to the model's row."""
+    for key in dict.fromkeys([default_key(model, preset), model]):
+        table = DEFAULT_THRESHOLDS.get(key, {})
+        for kind in ([f"{score}+{verify}"] if verify else []) + [score]:
+            if kind in table:
+                return Threshold(
+                    float(table[kind]), score, f"default for {key}" + (f" ({kind})" if "+" in kind else "")
+                )
+    return None
+
+
 def resolve_threshold(
-    score: str, model: str, value: float | None = None, threshold_file: str | Path | None = None
+    score: str,
+    model: str,
+    value: float | None = None,
+    threshold_file: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    verify: str | None = None,
 ) -> Threshold:
     """The threshold for a search whose scores are ``score`` with ``model``: ``value`` if given,
     else the one in ``threshold_file`` (written by ``lookalike calibrate``; refused when its score
-    kind differs), else ``DEFAULT_THRESHOLDS``; a one-line InputError when there is none."""
+    kind differs), else ``DEFAULT_THRESHOLDS`` (see :func:`default_threshold`); a one-line
+    InputError when there is none."""
     if value is not None and threshold_file is not None:
         raise InputError("give --threshold or --threshold-file, not both")
     if value is not None:
@@ -76,13 +136,13 @@ def resolve_threshold(
         return Threshold(float(value), score, "--threshold")
     if threshold_file is not None:
         return read_threshold_file(threshold_file, score, model)
-    table = DEFAULT_THRESHOLDS.get(model, {})
-    if score not in table:
+    found = default_threshold(score, model, preset, verify)
+    if found is None:
         raise InputError(
             f"no default duplicate threshold for {model} with {score} scores; give --threshold S "
             "or --threshold-file F (lookalike calibrate writes one)"
         )
-    return Threshold(float(table[score]), score, f"default for {model}")
+    return found
 
 
 def read_threshold_file(path: str | Path, score: str, model: str | dict[str, Any]) -> Threshold:

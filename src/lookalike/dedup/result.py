@@ -30,11 +30,23 @@ from ..images import ImageSet
 from ..index import GalleryIndex, is_index
 from ..index.store import MANIFEST
 from ..methods import is_local_method, resolve_method
-from ..pipeline import DEFAULT_MODEL, Refinement
+from ..pipeline import DEFAULT_MODEL, GallerySide, Refinement
 from .decisions import read_not_duplicates
 from .groups import Grouping, group_pairs
 from .keep import check_keep_rule, choose_kept, file_sha256
-from .pairs import DEFAULT_K, VERIFY_METHODS, Pairs, Threshold, pairs_among, resolve_threshold, search_pairs
+from .pairs import (
+    DEDUP_MODEL,
+    DEFAULT_K,
+    VERIFY_METHODS,
+    Pairs,
+    Threshold,
+    default_backend,
+    default_key,
+    default_threshold,
+    pairs_among,
+    resolve_threshold,
+    search_pairs,
+)
 
 FORMAT = "lookalike-dedup"
 log = logging.getLogger("lookalike")
@@ -258,12 +270,12 @@ def find_duplicates(
     if local and backend is not None:
         raise InputError(f"--backend: {config.model} matches local features; it searches no vector index")
     stored_model, stored_metric = _stored_model(reference or collection)
-    model_name = config.model or stored_model or DEFAULT_MODEL
+    model_name = config.model or stored_model or _file_model(threshold_file) or dedup_default_model(config)
+    if config.model is None and stored_model is None:
+        config = replace(config, model=model_name)
     score = "inliers" if local else (config.metric or stored_metric or "cosine")
-    cut = resolve_threshold(score, model_name, threshold, threshold_file)
-    changed = [name for name, v in config.model_options.items() if v is not None] + list(
-        config.refinement.describe()
-    )
+    cut = resolve_threshold(score, model_name, threshold, threshold_file, preset=config.preset, verify=verify)
+    changed = _changed_settings(config, model_name, cut)
     if cut.source.startswith("default") and changed and not local:
         log.warning(
             "the default threshold %g was measured with %s's default settings, not with %s; "
@@ -277,7 +289,8 @@ def find_duplicates(
     else:
         found = _vector_pairs(collection, reference, config, opts, k, cut, backend)
     hashes = _Hashes(found.items)
-    check = _PairCheck(cut, decisions, hashes, verify, min_inliers, found.items, opts)
+    confident = None if changed else _confident_cut(verify, score, model_name, config, cut, local)
+    check = _PairCheck(cut, decisions, hashes, verify, min_inliers, found.items, opts, confident)
     pairs = check(found.pairs)
     if reference is None:
         complete = None
@@ -293,7 +306,13 @@ def find_duplicates(
         "score": found.score,
         "threshold": cut.describe(),
         "k": k,
-        "verify": None if verify is None else {"method": verify, "min_inliers": min_inliers},
+        "verify": None
+        if verify is None
+        else {
+            "method": verify,
+            "min_inliers": min_inliers,
+            "accepted_unverified_from": None if confident is None else confident.value,
+        },
         "keep": keep,
         "grouping": "per new image: its library matches" if reference is not None else "complete linkage",
         "not_duplicates": None
@@ -305,6 +324,58 @@ def find_duplicates(
     return DedupResult(
         found.items, groups, grouping.pairs, grouping.pair_group, cut, settings, roots, found.skipped
     )
+
+
+def dedup_default_model(config: SearchConfig) -> str:
+    """The model dedup uses when none is named: ``DEDUP_MODEL`` (pixels, which beat every
+    perceptual hash on every labelled duplicate set at its calibrated threshold, where the search
+    default lost on resized copies), or the search default when a preset or model options are
+    given (they are CNN settings)."""
+    if config.preset not in (None, "default") or any(v is not None for v in config.model_options.values()):
+        return DEFAULT_MODEL
+    return DEDUP_MODEL
+
+
+def _file_model(threshold_file: str | Path | None) -> str | None:
+    """The model a ``lookalike calibrate`` file was measured with (so that ``--threshold-file``
+    without ``-m`` means that model), None when it names none or cannot be read (it is then
+    read, and refused in one line, by :func:`~lookalike.dedup.pairs.read_threshold_file`)."""
+    if threshold_file is None:
+        return None
+    try:
+        model = json.loads(Path(threshold_file).read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    name = model.get("name") if isinstance(model, dict) else model
+    return name if isinstance(name, str) else None
+
+
+def _confident_cut(
+    verify: str | None, score: str, model: str, config: SearchConfig, cut: Threshold, local: bool
+) -> Threshold | None:
+    """With ``verify`` and the settings the defaults were measured with: the model's default cut
+    *without* verification (calibrated for the same precision), when it is stricter than ``cut``. Pairs that reach it are duplicates at that
+    precision already and are not verified: local features cannot confirm every true copy (a
+    smooth or tiny image has too few keypoints, even against itself); verification decides the
+    band between ``cut`` and this one. None without verification or without such a default."""
+    if verify is None or local:
+        return None
+    plain = default_threshold(score, model, config.preset, None)
+    if plain is None:
+        return None
+    stricter = plain.value > cut.value if cut.higher_is_better else plain.value < cut.value
+    return plain if stricter else None
+
+
+def _changed_settings(config: SearchConfig, model: str, cut: Threshold) -> list[str]:
+    """The settings that differ from those the default threshold ``cut`` was measured with: the
+    model's defaults, or a preset's settings when the cut is the preset's own row."""
+    base = SearchConfig()
+    if cut.source.startswith(f"default for {default_key(model, config.preset)}") and config.preset:
+        base = SearchConfig.from_preset(config.preset)
+    options = [k for k, v in config.model_options.items() if v is not None and base.model_options.get(k) != v]
+    ours, theirs = config.refinement.describe(), base.refinement.describe()
+    return options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
 
 
 def _stored_model(source: str | Path) -> tuple[str | None, str | None]:
@@ -359,13 +430,8 @@ def _load(
     if len(emb.indices) == 0:
         raise NothingToProcessError(f"{source}: none of the {len(images)} image(s) could be read")
     names = [images.names[i] for i in emb.indices]
-    index = GalleryIndex.from_embeddings(
-        emb.features,
-        names,
-        model=extractor,
-        metric=config.metric or "cosine",
-        root=images.root,
-        backend=backend or "auto",
+    index = in_memory_index(
+        emb.features, names, backend, model=extractor, metric=config.metric or "cosine", root=images.root
     )
     items = [Item(images.names[i], images.paths[i], which) for i in emb.indices]
     skipped = [{"set": which, "path": n, "reason": r} for n, r in images.skipped_links]
@@ -373,27 +439,26 @@ def _load(
     return index, items, skipped, images.root
 
 
+def in_memory_index(
+    vectors: np.ndarray, names: list[str], backend: str | None, **kwargs: Any
+) -> GalleryIndex:
+    """An in-memory index of ``vectors`` for dedup: ``backend`` when given, else
+    :func:`~lookalike.dedup.pairs.default_backend` (exact, or a coarse IVF with few probes)."""
+    spec, nprobe = (backend, None) if backend is not None else default_backend(len(vectors))
+    index = GalleryIndex.from_embeddings(vectors, names, backend=spec, **kwargs)
+    if nprobe is not None:
+        index.backend.nprobe = nprobe
+    return index
+
+
 def _search_time_steps(refine: Refinement, index: GalleryIndex) -> Refinement:
-    """The steps left to run at search time: against an index that stores whitening or DBA with
-    the same settings (one preset for build and dedup) they are not run twice; other settings are
-    refused, since they would be applied on top of the stored ones."""
-    refine.check(index.dim)
-    post, changes = index.post, {}
-    if not post.active:
+    """The steps left to run at search time, as a search reconciles them
+    (:meth:`lookalike.pipeline.GallerySide.reconcile`): a step an index stores with the same
+    settings is not run twice, one with other settings is refused."""
+    if not index.post.active:
+        refine.check(index.dim)
         return refine
-    if refine.whiten and post.whiten:
-        if refine.whiten_dim != post.whiten_dim:
-            raise InputError(
-                f"{index.folder} stores whitening to {post.whiten_dim or 'all'} dimensions; give the same --whiten-dim or drop --whiten"
-            )
-        changes.update(whiten=False, whiten_dim=None)
-    if refine.dba and post.dba:
-        if (refine.dba, refine.alpha) != (post.dba, post.alpha):
-            raise InputError(
-                f"{index.folder} stores dba (k={post.dba}, alpha={post.alpha}); drop --dba or give the same"
-            )
-        changes["dba"] = 0
-    return replace(refine, **changes) if changes else refine
+    return GallerySide(extractor=index.extractor(), metric=index.metric, index=index).reconcile(refine)
 
 
 def _vector_pairs(
@@ -425,9 +490,7 @@ def _vector_pairs(
     queries, gallery, changed = refine.apply(queries, library.search_vectors)
     searched = library
     if changed:
-        searched = GalleryIndex.from_embeddings(
-            gallery, library.names, metric=library.metric, backend=backend or "auto"
-        )
+        searched = in_memory_index(gallery, library.names, backend, metric=library.metric)
     if reference is None:
         pairs = search_pairs(searched, queries, k + 1, cut, symmetric=True)
         vectors = (np.asarray(queries), np.asarray(gallery))
@@ -438,7 +501,12 @@ def _vector_pairs(
     refinement = refine.describe()
     if library.post.active:
         refinement["index"] = library.post.describe()
-    settings = {"metric": library.metric, "backend": searched.backend.spec, "refinement": refinement}
+    settings = {
+        "metric": library.metric,
+        "backend": searched.backend.spec,
+        "nprobe": getattr(searched.backend, "nprobe", None),
+        "refinement": refinement,
+    }
     return _Found(items, pairs, library.metric, library.model, skipped, settings, vectors, roots)
 
 
@@ -513,7 +581,8 @@ class _Hashes:
 
 class _PairCheck:
     """Drops pairs marked as different (by content hash) and, with ``verify``, pairs that local
-    features do not confirm with at least ``min_inliers`` RANSAC inliers (their counts are kept)."""
+    features do not confirm with at least ``min_inliers`` RANSAC inliers (their counts are kept);
+    pairs that reach ``confident`` are kept unverified (inliers -1)."""
 
     def __init__(
         self,
@@ -524,8 +593,9 @@ class _PairCheck:
         min_inliers: int,
         items: list[Item],
         opts: ExtractOptions,
+        confident: Threshold | None = None,
     ) -> None:
-        self.cut, self.decisions, self.hashes = cut, decisions, hashes
+        self.cut, self.decisions, self.hashes, self.confident = cut, decisions, hashes, confident
         self.verify, self.min_inliers, self.items, self.opts = verify, min_inliers, items, opts
         self._excluded: set[tuple[int, int]] = set()
         self._features: dict[int, Any] = {}
@@ -536,8 +606,13 @@ class _PairCheck:
             self._excluded.update(zip(pairs.a[~keep].tolist(), pairs.b[~keep].tolist(), strict=True))
             pairs = pairs.take(keep)
         if self.verify is not None and len(pairs):
-            inliers = self._inliers(pairs)
-            pairs = Pairs(pairs.a, pairs.b, pairs.score, inliers).take(inliers >= self.min_inliers)
+            sure = (
+                np.zeros(len(pairs), bool) if self.confident is None else self.confident.passes(pairs.score)
+            )
+            inliers = np.full(len(pairs), -1, dtype=np.int32)
+            if not sure.all():
+                inliers[~sure] = self._inliers(pairs.take(~sure))
+            pairs = Pairs(pairs.a, pairs.b, pairs.score, inliers).take(sure | (inliers >= self.min_inliers))
         return pairs
 
     @property
