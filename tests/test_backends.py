@@ -180,7 +180,10 @@ def test_a_registered_outside_backend_builds_saves_reopens_adds_removes_and_sear
 def test_registration_rules_and_the_spec_table(registry: dict) -> None:
     register_backend("toy", ToyIndex, aliases={"toy2": "toy"})
     assert resolve_backend("toy2", 5) == "toy"
-    listed = "use auto, exact, toy, flat, hnsw, hnswsq8, ivfpq, ivfsq8, toy2 or faiss:<factory string>"
+    listed = (
+        "use auto, exact, toy, flat, hnsw, hnswsq8, ivfpq, ivfsq8, milvus, toy2, faiss:<factory string> "
+        "or milvus:<index type>"
+    )
     with pytest.raises(InputError, match=listed):
         resolve_backend("annoy", 5)
     for taken in ("auto", "flat", "toy2", "toy:x", ""):

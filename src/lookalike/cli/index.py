@@ -14,6 +14,7 @@ from ..errors import NothingToProcessError
 from ..extract import ExtractOptions
 from ..images import ImageSet
 from ..index import GalleryIndex, build_index
+from ..index.milvus import with_uri
 from ._app import err, friendly, index_app, out, shown
 from .options import EXTRACTION, INDEX_CONFIG, GalleryArg, GalleryLabels, uses
 from .output import print_skipped
@@ -27,8 +28,19 @@ def index_build(
     output: Annotated[Path, typer.Option("-o", "--output", help="Index folder to write.")],
     backend: Annotated[
         str,
-        typer.Option("--backend", help="auto, exact, flat, hnsw, hnswsq8, ivfpq, ivfsq8 or faiss:<factory string>."),
+        typer.Option(
+            "--backend",
+            help="auto, exact, flat, hnsw, hnswsq8, ivfpq, ivfsq8, faiss:<factory string>, milvus or milvus:<index type>.",
+        ),
     ] = "auto",
+    milvus_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--milvus-uri",
+            help="With --backend milvus: a Milvus server, http://HOST:19530 (token in $LOOKALIKE_MILVUS_TOKEN); "
+            "default a Milvus Lite database in the index folder.",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build.")] = False,
     force: Annotated[
         bool,
@@ -54,7 +66,7 @@ def index_build(
         output,
         model=config.model_name,
         model_options=config.model_options,
-        backend=backend,
+        backend=with_uri(backend, milvus_uri),
         metric=config.metric or "cosine",
         options=config.extract,
         resume=resume,
@@ -100,14 +112,18 @@ def index_add(
         )
     err.print(f"{shown(index)}: {len(gallery)} images")
     if readable == 0 and skipped:  # the same exit code as `search` and `index build` for this
-        raise NothingToProcessError(f"none of the {skipped} image(s) given could be read; the index is unchanged")
+        raise NothingToProcessError(
+            f"none of the {skipped} image(s) given could be read; the index is unchanged"
+        )
 
 
 @index_app.command("remove")
 @friendly
 def index_remove(
     index: Annotated[Path, typer.Argument(help="Index folder.")],
-    paths: Annotated[list[str], typer.Argument(help="Paths (relative to the gallery root, or absolute; folders too).")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Paths (relative to the gallery root, or absolute; folders too).")
+    ],
     yes: Annotated[bool, typer.Option("--yes", help="Confirm removing more than half of the index.")] = False,
 ) -> None:
     """Remove images from an index by path (only paths inside the gallery root; the files
@@ -123,7 +139,9 @@ def index_remove(
 @friendly
 def index_info(
     index: Annotated[Path, typer.Argument(help="Index folder.")],
-    check_recall: Annotated[bool, typer.Option("--check-recall", help="Measure recall@10 against exact search.")] = False,
+    check_recall: Annotated[
+        bool, typer.Option("--check-recall", help="Measure recall@10 against exact search.")
+    ] = False,
 ) -> None:
     """Describe an index: model, metric, backend, size; optionally its recall@10."""
     gallery = GalleryIndex.open(index)

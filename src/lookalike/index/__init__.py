@@ -10,6 +10,7 @@ from .backends import (
     register_backend,
     resolve_backend,
 )
+from .milvus import MilvusIndex
 from .store import AddReport, GalleryIndex, build_index, is_index
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ExactIndex",
     "FaissIndex",
     "GalleryIndex",
+    "MilvusIndex",
     "VectorIndex",
     "backend_file",
     "build_index",

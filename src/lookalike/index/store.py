@@ -43,7 +43,7 @@ from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json
 from ..images import ImageSet
 from ..knn import full_rankings, rankings_with_head, topk
 from ..methods import resolve_method
-from .backends import VectorIndex, create_backend, load_backend
+from .backends import BACKENDS, VectorIndex, create_backend, load_backend
 from .stored_steps import IndexPostprocess
 
 MANIFEST = "lookalike-index.json"
@@ -51,7 +51,13 @@ FORMAT = "lookalike-index"
 FORMAT_VERSION = 2  # 2: post-processing (whitening, DBA) stored with the index
 BUILD_MARKER = "build.json"
 BUILD_FORMAT = "lookalike-index-build"
-GENERATION_FILES = ("vectors-{}.npy", "items-{}.json", "backend-{}.bin", "searchable-{}.npy", "whitening-{}.npz")
+GENERATION_FILES = (
+    "vectors-{}.npy",
+    "items-{}.json",
+    "backend-{}.bin",
+    "searchable-{}.npy",
+    "whitening-{}.npz",
+)
 _GENERATION_FILE = re.compile(r"^(vectors|items|backend|searchable|whitening)-(\d+)\.(npy|json|bin|npz)$")
 REMOVE_SHARE = 0.5  # removing more than this share of an index needs confirmation
 
@@ -125,7 +131,9 @@ class GalleryIndex:
                 )
             post = IndexPostprocess.from_manifest(manifest.get("postprocess"), folder, g)
             searchable = (
-                np.load(folder / f"searchable-{g}.npy", mmap_mode="r", allow_pickle=False) if post.active else None
+                np.load(folder / f"searchable-{g}.npy", mmap_mode="r", allow_pickle=False)
+                if post.active
+                else None
             )
             if searchable is not None and len(searchable) != len(items):
                 raise ValueError(f"{len(searchable)} processed vectors for {len(items)} items")
@@ -135,7 +143,9 @@ class GalleryIndex:
                 manifest["backend"], folder, g, search_dim, manifest["metric"], stored, ids, device
             )
             if len(backend) != len(items):
-                raise ValueError(f"the {manifest['backend']} backend holds {len(backend)} vectors for {len(items)} items")
+                raise ValueError(
+                    f"the {manifest['backend']} backend holds {len(backend)} vectors for {len(items)} items"
+                )
         except InputError as exc:  # e.g. a backend that is not registered in this process
             raise InputError(f"{folder}: {exc}") from None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -175,7 +185,9 @@ class GalleryIndex:
         one searches them in place); ``save(folder)`` writes it as a regular index."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(names):
-            raise InputError(f"expected {len(names)} vectors, one per name, got an array of shape {vectors.shape}")
+            raise InputError(
+                f"expected {len(names)} vectors, one per name, got an array of shape {vectors.shape}"
+            )
         if labels is not None and len(labels) != len(names):
             raise InputError(f"{len(labels)} labels for {len(names)} images")
         dim = vectors.shape[1]
@@ -317,7 +329,9 @@ class GalleryIndex:
         gallery = getattr(self, "_gallery", None)
         check_index_output(folder, ImageSet([], self.root, None, str(gallery) if gallery is not None else ""))
         if folder.is_dir() and any(folder.iterdir()):
-            raise InputError(f"{folder}: not empty; an index made in memory is saved only into a new or empty folder")
+            raise InputError(
+                f"{folder}: not empty; an index made in memory is saved only into a new or empty folder"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
 
@@ -438,7 +452,9 @@ class GalleryIndex:
             if target == "":  # the index's root itself: everything
                 hits = list(self.items)
             else:
-                hits = [it for it in self.items if it["path"] == target or it["path"].startswith(target + "/")]
+                hits = [
+                    it for it in self.items if it["path"] == target or it["path"].startswith(target + "/")
+                ]
             if not hits:
                 unmatched.append(str(arg))
             for it in hits:
@@ -589,7 +605,8 @@ def clean_leftovers(folder: Path, generation: int) -> list[Path]:
 def _is_own_name(name: str) -> bool:
     """True for the names lookalike writes in an index folder (and their temporaries)."""
     target = temporary_target(name) or name
-    return target in (MANIFEST, "partial") or _GENERATION_FILE.match(target) is not None
+    backend_names = {n for entry in BACKENDS for n in getattr(entry.factory, "folder_names", ())}
+    return target in (MANIFEST, "partial", *backend_names) or _GENERATION_FILE.match(target) is not None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -635,7 +652,9 @@ def _is_own_partial(partial: Path) -> bool:
     return found
 
 
-_LEGACY_CACHE_FILE = re.compile(r"^(shard-\d+-[0-9a-f]{8}\.npz|extractor\.json|\.(shard-|extractor\.json).*\.tmp)$")
+_LEGACY_CACHE_FILE = re.compile(
+    r"^(shard-\d+-[0-9a-f]{8}\.npz|extractor\.json|\.(shard-|extractor\.json).*\.tmp)$"
+)
 
 
 def _has_shards(partial: Path) -> bool:
@@ -679,7 +698,9 @@ def check_index_output(out: Path, images: ImageSet) -> None:
 
     inside = next((p for p in images.paths if lies_inside(p)), None)
     if inside is not None:
-        raise InputError(f"{out}: holds gallery image {inside}; write the index to a folder outside the gallery")
+        raise InputError(
+            f"{out}: holds gallery image {inside}; write the index to a folder outside the gallery"
+        )
 
 
 def build_index(
@@ -737,9 +758,13 @@ def build_index(
     post = postprocess or IndexPostprocess()
     if regions:
         if post.active:
-            raise InputError("--regions with --whiten or --dba in an index is not supported; fit them at search time")
+            raise InputError(
+                "--regions with --whiten or --dba in an index is not supported; fit them at search time"
+            )
         if backend not in ("auto", "exact"):
-            raise InputError(f"--regions: an index of regions is searched exactly (--backend exact), not {backend}")
+            raise InputError(
+                f"--regions: an index of regions is searched exactly (--backend exact), not {backend}"
+            )
         backend = "exact"
         extractor = with_regions(extractor, regions)
     post.check(extractor.dim)
@@ -752,7 +777,9 @@ def build_index(
     if current is not None and not in_progress and not force:
         if resume:
             return GalleryIndex.open(out), None
-        raise InputError(f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it")
+        raise InputError(
+            f"{out}: an index exists already; use `lookalike index add`, or --force to rebuild it"
+        )
     if force and in_progress and not resume:
         shutil.rmtree(partial)
     created = not out.exists()
@@ -790,7 +817,9 @@ def _build(
     the index as the generation after ``replaces`` (the first one for a new index)."""
     for leftover in (out / "partial").glob("features/*/.*" + TMP_SUFFIX):  # a killed flush's temporaries
         leftover.unlink(missing_ok=True)
-    cache = FeatureCache(out / "partial", extractor.key, extractor.describe(), flush_seconds=0.0, max_shards=None)
+    cache = FeatureCache(
+        out / "partial", extractor.key, extractor.describe(), flush_seconds=0.0, max_shards=None
+    )
     opts = options or ExtractOptions()
     if ray_address is not None:
         from ..distributed import ray_embed
@@ -816,8 +845,16 @@ def _build(
     index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))
     index_backend.fill(search_vectors, np.arange(len(vectors), dtype=np.int64))
     index = GalleryIndex(
-        out, images.root.resolve(), extractor.describe(), metric, index_backend, vectors, items,
-        generation=replaces or 0, post=post, searchable=searchable,
+        out,
+        images.root.resolve(),
+        extractor.describe(),
+        metric,
+        index_backend,
+        vectors,
+        items,
+        generation=replaces or 0,
+        post=post,
+        searchable=searchable,
     )
     index.save()
     return index, emb
