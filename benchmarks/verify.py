@@ -38,7 +38,7 @@ OLD = {  # the matcher before this benchmark: 1000 strongest, ratio 0.8 + mutual
     "estimator": "magsac", "ransac_threshold": 5.0, "min_inliers": 10, "min_matches": 4, "fusion": "rank",
     "threshold": None, "votes": 0, "early_exit": 0,
 }
-PLAIN = {**OLD, "max_keypoints": 0, "ratio": 0.75, "mutual": False, "estimator": "ransac", "min_matches": 10,
+PLAIN = {**OLD, "max_keypoints": None, "ratio": 0.75, "mutual": False, "estimator": "ransac", "min_matches": 10,
          "fusion": "gated"}  # the "plain SIFT": all keypoints, ratio 0.75, RANSAC
 LOW = {**PLAIN, "threshold": 0.02, "min_matches": 5}  # SIFT contrast threshold 0.02 (OpenCV: 0.04)
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from lookalike.errors import InputError
-from lookalike.local import LOCAL_METHODS, Features, MatchOptions, create_detector, match_descriptors, verify
+from lookalike.local import (
+    LOCAL_METHODS,
+    Features,
+    MatchOptions,
+    SiftDetector,
+    create_detector,
+    match_descriptors,
+    verify,
+)
 from lookalike.local.matching import find_homography, pairwise_distances, plausible_homography
 from lookalike.samples import sample_photo
 
@@ -134,7 +142,7 @@ def test_keypoint_selection_spreads_the_budget_over_octaves_and_cells() -> None:
 def test_detector_options_all_keypoints_selection_and_small_images(photo_pair) -> None:
     img = photo_pair[0]
     limited = create_detector("sift").detect_and_describe(img)[0]
-    everything = create_detector("sift", max_keypoints=0).detect_and_describe(img)[0]
+    everything = SiftDetector(max_keypoints=None).detect_and_describe(img)[0]  # None: all
     spread = create_detector("sift", selection="octaves").detect_and_describe(img)[0]
     assert len(limited) == len(spread) == 1000 < len(everything)
     assert np.median(spread.scale) > np.median(limited.scale)  # coarser points kept

@@ -204,7 +204,7 @@ def fuse(
 class SpatialVerification:
     """Re-ranking of a deep short list by local features (SURF, SIFT) and robust homography inliers.
 
-    Detection: ``max_keypoints`` per image (0: all) chosen by ``selection``, ``threshold`` (SIFT's
+    Detection: ``max_keypoints`` per image (None: all) chosen by ``selection``, ``threshold`` (SIFT's
     contrast threshold, SURF's Hessian threshold; None: the detector's default), images smaller
     than ``min_side`` enlarged (see :class:`lookalike.local.Detector`). Matching: Lowe's ``ratio``
     test (and the ``mutual`` check when on). Cost: with ``votes`` > 0 pairs are first screened by
@@ -224,7 +224,7 @@ class SpatialVerification:
     queries: np.ndarray | None = None
     gallery: np.ndarray | None = None
     # defaults measured on crop-copies and disc-copies (benchmarks/verify.py)
-    max_keypoints: int = 0
+    max_keypoints: int | None = None
     selection: str = "strongest"
     threshold: float | None = None
     min_side: int = 0
@@ -241,7 +241,8 @@ class SpatialVerification:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        from .local import MatchOptions, create_detector
+        from .local import MatchOptions
+        from .local.detectors import DETECTORS
         from .local.shortlist import FeatureMemory, VerifyStats
 
         if self.top < 1 or self.min_inliers < 0 or self.early_exit < 0 or self.confident < 1 or self.votes < 0:
@@ -252,12 +253,10 @@ class SpatialVerification:
         if self.fusion not in FUSIONS:
             raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         threshold_option = {"sift": "contrast_threshold", "surf": "threshold"}.get(self.method, "threshold")
-        self.detector = create_detector(
-            self.method,
-            max_keypoints=self.max_keypoints,
-            selection=self.selection,
-            min_side=self.min_side,
-            **{threshold_option: self.threshold},
+        # the detector class itself, not create_detector: there None means "the default", here "all"
+        options = {"selection": self.selection, "min_side": self.min_side, threshold_option: self.threshold}
+        self.detector = DETECTORS.get(self.method).factory(
+            max_keypoints=self.max_keypoints, **{k: v for k, v in options.items() if v is not None}
         )
         self.match_options = MatchOptions(
             ratio=self.ratio,
@@ -396,7 +395,7 @@ def _spatial(method: str) -> Callable[..., SpatialVerification]:
 
     def factory(
         inputs: RerankInputs,
-        max_keypoints: int = d["max_keypoints"],
+        max_keypoints: int | None = d["max_keypoints"],
         selection: str = d["selection"],
         threshold: float | None = d["threshold"],
         min_side: int = d["min_side"],

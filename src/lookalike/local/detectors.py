@@ -42,7 +42,7 @@ log = logging.getLogger("lookalike")
 class Detector(ABC):
     """Keypoints and descriptors of a grey image; options are the dataclass fields.
 
-    ``max_keypoints`` (0: all) are kept by ``selection``: the ``strongest``; or spread, taking the
+    ``max_keypoints`` (None: all) are kept by ``selection``: the ``strongest``; or spread, taking the
     strongest of each scale octave (``octaves``) or of each cell of a 4 x 4 grid (``grid``) in
     turn, so a small copy, which only shares the coarse or local structure of a big image, still
     finds its points. ``max_side`` shrinks bigger images before detection (None: never), which
@@ -53,14 +53,16 @@ class Detector(ABC):
 
     name: ClassVar[str] = ""
     binary: ClassVar[bool] = False
-    max_keypoints: int = DEFAULT_MAX_KEYPOINTS
+    max_keypoints: int | None = DEFAULT_MAX_KEYPOINTS
     max_side: int | None = DEFAULT_MAX_SIDE
     selection: str = "strongest"
     min_side: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_keypoints < 0:
-            raise InputError(f"{self.name}: max_keypoints must be at least 1 (or 0: all), got {self.max_keypoints}")
+        if self.max_keypoints is not None and self.max_keypoints < 1:
+            raise InputError(
+                f"{self.name}: max_keypoints must be at least 1 (or None: all), got {self.max_keypoints}"
+            )
         if self.max_side is not None and self.max_side < 16:
             raise InputError(f"{self.name}: max_side must be at least 16 (or None), got {self.max_side}")
         if self.min_side < 0 or (self.min_side and self.max_side is not None and self.min_side > self.max_side):
@@ -72,7 +74,7 @@ class Detector(ABC):
     def detect_limit(self) -> int:
         """How many keypoints the detector itself keeps (0: all): the budget when it keeps the
         strongest, else all of them, for :func:`select_keypoints` to choose from."""
-        return self.max_keypoints if self.selection == "strongest" else 0
+        return (self.max_keypoints or 0) if self.selection == "strongest" else 0
 
     @abstractmethod
     def detect_and_describe(self, gray: np.ndarray) -> tuple[Keypoints, np.ndarray]:
@@ -118,7 +120,7 @@ class Detector(ABC):
         return Features(kp, desc, (gray.shape[1], gray.shape[0]))
 
     def _select(self, kp: Keypoints, desc: np.ndarray, shape: tuple[int, ...]) -> tuple[Keypoints, np.ndarray]:
-        return select_keypoints(kp, desc, self.max_keypoints, self.selection, (shape[1], shape[0]))
+        return select_keypoints(kp, desc, self.max_keypoints or 0, self.selection, (shape[1], shape[0]))
 
 
 def _check_gray(gray: np.ndarray, name: str) -> np.ndarray:
