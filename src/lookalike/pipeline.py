@@ -432,18 +432,21 @@ class Refinement(Postprocess):
             }
         return out
 
-    def fit_steps(self, gallery: np.ndarray) -> Postprocess:
-        """A fresh copy of the vector steps fitted on this gallery (the object itself stays unfitted)."""
-        return Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
+    def fit_gallery(self, gallery: np.ndarray) -> tuple[Postprocess | None, np.ndarray, bool]:
+        """(steps, gallery, changed): a fresh copy of the vector steps fitted on this gallery (None
+        when none is on; the object itself stays unfitted) and the gallery after them."""
+        gallery = np.asarray(gallery)
+        if not (self.whiten or self.dba or self.qe):
+            return None, gallery, False
+        steps = Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
+        changed = bool(self.whiten or self.dba)
+        return steps, (steps.gallery(gallery) if changed else gallery), changed
 
     def apply(self, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(queries, gallery, changed): the vectors after whitening, DBA and QE, fitted here on
-        this gallery (a fresh copy of the steps, so the object itself stays unfitted)."""
-        if not (self.whiten or self.dba or self.qe):
-            return queries, np.asarray(gallery), False
-        steps = self.fit_steps(gallery)
-        processed = steps.gallery(gallery) if (self.whiten or self.dba) else np.asarray(gallery)
-        return steps.queries(queries, processed), processed, bool(self.whiten or self.dba)
+        this gallery (see :meth:`fit_gallery`)."""
+        steps, processed, changed = self.fit_gallery(gallery)
+        return (queries if steps is None else steps.queries(queries, processed)), processed, changed
 
     def reranker(
         self,
@@ -577,8 +580,7 @@ class GallerySide:
             gallery = np.asarray(index.search_vectors)
             if self.regions > 1:
                 gallery = gallery.reshape(-1, index.dim // self.regions)
-            steps = refine.fit_steps(gallery) if (refine.whiten or refine.dba or refine.qe) else None
-            self.vectors = steps.gallery(gallery) if (refine.whiten or refine.dba) else gallery
+            steps, self.vectors, changed = refine.fit_gallery(gallery)
             searched: GalleryIndex | RegionIndex = index
             if self.regions > 1:
                 names = [name for name in index.names for _ in range(self.regions)]
