@@ -65,6 +65,18 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
         {"size": 224},
         {"rerank": "sift", "rerank_top": 100},
     ),
+    # region descriptors on the ready SSCD graph (one graph run per region)
+    "sscd-distilled 224 + regions 3": ("sscd-distilled", {"size": 224}, {"regions": 3}),
+    "sscd-distilled 224 + regions 3 + query regions": (
+        "sscd-distilled",
+        {"size": 224},
+        {"regions": 3, "query_regions": True},
+    ),
+    "sscd-distilled 224 + regions 3 + score norm k=10": (
+        "sscd-distilled",
+        {"size": 224},
+        {"regions": 3, "score_norm": 10},
+    ),
 }
 
 

@@ -233,7 +233,9 @@ def _onnx_runner(extractor: Extractor, cache_dir: Path | None) -> Runner:
 
 def _graph_runner(graph: OnnxGraph, device: torch.device) -> Runner:
     """Runs a ready ONNX graph taking NHWC uint8 pixels: on CUDA where ONNX Runtime has that
-    provider (else on the CPU, with a warning), with as many threads as torch uses."""
+    provider (else on the CPU, with a warning), with as many threads as torch uses. A graph with
+    ``regions`` runs once per region on that region's crop resized to ``region_size``, and gives
+    each image's region vectors side by side (n, regions x d), as a torch RegionNet does."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -254,11 +256,21 @@ def _graph_runner(graph: OnnxGraph, device: torch.device) -> Runner:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(graph.path), options, providers=providers)
 
-    def run(batch: torch.Tensor) -> np.ndarray:
+    def run_pixels(batch: torch.Tensor) -> np.ndarray:
         pixels = np.ascontiguousarray(batch.cpu().permute(0, 2, 3, 1).numpy(), dtype=np.uint8)
         return np.asarray(session.run(None, {graph.input: pixels})[0], dtype=np.float32)
 
-    return run
+    if not graph.regions:
+        return run_pixels
+    if graph.region_size is None:
+        raise InputError(f"{graph.path.name}: regions without a region size")
+    from .features.regions import cut_regions_uint8
+
+    def run_regions(batch: torch.Tensor) -> np.ndarray:
+        crops = cut_regions_uint8(batch.cpu(), list(graph.regions), graph.region_size)
+        return np.concatenate([run_pixels(crop) for crop in crops], axis=1)
+
+    return run_regions
 
 
 def _export_onnx(extractor: Extractor, path: Path) -> None:

@@ -64,11 +64,16 @@ class OnnxGraph:
 
     Its input ``input`` takes (n, h, w, 3) uint8 RGB pixels (``layout`` "nhwc-uint8"; the graph
     normalises them itself) and its first output is the (n, d) feature matrix, L2-normalised.
+    With ``regions`` (the (x0, y0, x1, y1) fractions of :func:`lookalike.features.regions.region_boxes`)
+    the runner cuts every region from the image, resizes it to ``region_size`` (height, width) and
+    runs the graph on each, giving (n, regions x d): the layout of a torch ``RegionNet``.
     """
 
     path: Path
     input: str = "image"
     layout: str = "nhwc-uint8"
+    regions: tuple[tuple[float, float, float, float], ...] = ()
+    region_size: tuple[int, int] | None = None
 
 
 @dataclass

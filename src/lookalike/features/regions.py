@@ -10,7 +10,9 @@ input size, every region is cut from it and resized to the model's size, so a cr
 from real pixels instead of an enlarged thumbnail. The wrapped extractor gives one row of
 ``regions x d`` values per image (each region L2-normalised), so caching, batching, the ONNX
 runtime and the index store handle it unchanged; :class:`lookalike.index.regions.RegionIndex`
-searches such vectors by the best-matching pair of regions.
+searches such vectors by the best-matching pair of regions. A ready ONNX graph (SSCD) gets the same
+regions from the graph runner of :mod:`lookalike.extract` (:func:`cut_region` on the uint8 pixels,
+one graph run per region), so both kinds give the same (images x regions) layout.
 """
 
 from __future__ import annotations
@@ -41,6 +43,28 @@ def region_boxes(levels: int) -> list[tuple[float, float, float, float]]:
     return boxes
 
 
+def cut_region(
+    pixels: torch.Tensor, box: tuple[float, float, float, float], size: tuple[int, int]
+) -> torch.Tensor:
+    """The ``box`` of float pixels (n, 3, H, W) resized to ``size`` (plain bilinear, exportable)."""
+    height, width = int(pixels.shape[-2]), int(pixels.shape[-1])  # fixed for an extractor
+    top, bottom = round(box[1] * height), round(box[3] * height)
+    left, right = round(box[0] * width), round(box[2] * width)
+    crop = pixels[..., top:bottom, left:right]
+    if (bottom - top, right - left) == tuple(size):
+        return crop  # bilinear at the same size is the identity
+    # plain bilinear: antialiased resizing does not export to ONNX
+    return nn.functional.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def cut_regions_uint8(
+    pixels: torch.Tensor, boxes: list[tuple[float, float, float, float]], size: tuple[int, int]
+) -> list[torch.Tensor]:
+    """Every box of a uint8 batch (n, 3, H, W) as a uint8 batch (n, 3, h, w), for ready graphs."""
+    x = pixels.float()
+    return [cut_region(x, box, size).round().clamp(0, 255).to(torch.uint8) for box in boxes]
+
+
 class RegionNet(nn.Module):
     """0..255 pixels (n, 3, H, W) -> (n, regions x d): each region cut, resized to ``size`` and
     described by ``body`` (a :class:`~lookalike.features.base.FeatureNet`, which normalises)."""
@@ -52,33 +76,30 @@ class RegionNet(nn.Module):
         self.body, self.size, self.boxes = body, tuple(size), list(boxes)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])  # fixed for an extractor
-        parts = []
-        for x0, y0, x1, y1 in self.boxes:
-            crop = pixels[..., round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)]
-            # plain bilinear: antialiased resizing does not export to ONNX
-            crop = nn.functional.interpolate(crop, size=self.size, mode="bilinear", align_corners=False)
-            parts.append(self.body(crop))
-        return torch.cat(parts, dim=1)
+        return torch.cat([self.body(cut_region(pixels, box, self.size)) for box in self.boxes], dim=1)
 
 
 def with_regions(extractor: Extractor, levels: int, upscale: int = DEFAULT_UPSCALE) -> Extractor:
-    """The extractor giving ``len(region_boxes(levels))`` region vectors per image (see the module)."""
-    if extractor.module is None or getattr(extractor, "graph", None) is not None:
-        raise InputError(
-            f"--regions: {extractor.name} runs as a ready ONNX graph; regions need a torch model"
-        )
-    if upscale < 1:
-        raise InputError(f"region upscale must be at least 1, got {upscale}")
+    """The extractor giving ``len(region_boxes(levels))`` region vectors per image (see the module):
+    a torch extractor gets a :class:`RegionNet`, a ready ONNX graph (SSCD) the graph's ``regions``."""
+    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
+        raise InputError(f"region upscale must be a whole number of at least 1, got {upscale!r}")
+    if extractor.options.get("regions"):
+        raise InputError(f"--regions: {extractor.name} already gives region vectors")
     boxes = region_boxes(levels)
     height, width = extractor.preprocess.size
     size = (height * upscale, width * upscale)
+    changes: dict = {}
+    if extractor.graph is not None:
+        changes["graph"] = replace(extractor.graph, regions=tuple(boxes), region_size=(height, width))
+    else:
+        changes["module"] = RegionNet(extractor.module, (height, width), boxes)
     return replace(
         extractor,
-        module=RegionNet(extractor.module, (height, width), boxes),
         preprocess=Preprocess(size, extractor.preprocess.mean, extractor.preprocess.std),
         dim=extractor.dim * len(boxes),
         options={**extractor.options, "regions": levels, "region_upscale": upscale},
+        **changes,
     )
 
 
