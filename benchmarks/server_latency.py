@@ -2,6 +2,7 @@
 
     python benchmarks/server_latency.py [--n 1000000] [--requests 300] [--warmup 20] [--ks 10 100]
                                         [--folder benchmarks/out/server-1m.index] [--port 8765]
+                                        [--backend auto]   # e.g. milvus, for a Milvus-backed index
 
 Builds once (and reuses afterwards) a saved index of ``n`` synthetic clustered unit vectors in the
 dimension of the default model (efficientnet-lite0, 1,280), made through the public API: a
@@ -104,8 +105,22 @@ def clustered_into(out: np.ndarray, seed: int, clusters: int = 1000, chunk: int 
         out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def existing(folder: Path, n: int) -> dict | None:
-    """The manifest of a finished index of ``n`` efficientnet-lite0 vectors in ``folder``, else None."""
+def backend_spec(backend: str, n: int) -> str:
+    """The spec ``--backend`` resolves to for ``n`` vectors (what a built index's manifest records:
+    ``auto`` becomes exact or a sized FAISS factory); a bad one exits with one line."""
+    from lookalike.errors import InputError
+    from lookalike.index import create_backend
+
+    try:
+        return create_backend(backend, DIM, "cosine", n).spec
+    except InputError as exc:
+        sys.exit(f"--backend {backend}: {exc}")
+
+
+def existing(folder: Path, n: int, backend: str = "auto") -> dict | None:
+    """The manifest of a finished index of ``n`` efficientnet-lite0 vectors in ``folder`` made with
+    ``backend`` (compared as resolved specs, so ``--backend milvus`` never reuses a FAISS index),
+    else None."""
     try:
         manifest = json.loads((folder / "lookalike-index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -114,13 +129,14 @@ def existing(folder: Path, n: int) -> dict | None:
         manifest.get("count") == n
         and manifest.get("dim") == DIM
         and manifest.get("model", {}).get("name") == MODEL
+        and manifest.get("backend") == backend_spec(backend, n)
     )
     return manifest if ok else None
 
 
-def build(folder: Path, n: int) -> dict:
+def build(folder: Path, n: int, backend: str = "auto") -> dict:
     """Build and save the index (vectors generated into a temporary .npy memory map beside it, so
-    their 5 GB sit in the page cache rather than in this process)."""
+    their 5 GB sit in the page cache rather than in this process) with ``backend``."""
     from lookalike.features import create_extractor
     from lookalike.index import GalleryIndex, create_backend
 
@@ -133,7 +149,7 @@ def build(folder: Path, n: int) -> dict:
     vectors.flush()
     timings["generate s"] = time.perf_counter() - t
     t = time.perf_counter()
-    backend = create_backend("auto", DIM, "cosine", n)
+    backend = create_backend(backend, DIM, "cosine", n)
     backend.add(vectors, np.arange(n, dtype=np.int64))  # trains on a seeded sample first
     timings["train + add s"] = time.perf_counter() - t
     items = [{"id": i, "path": f"img/{i:07d}.jpg", "key": None, "sha1": None} for i in range(n)]
@@ -146,7 +162,7 @@ def build(folder: Path, n: int) -> dict:
     scratch.unlink()
     timings["builder peak RSS GB"] = peak_rss_gb()
     print("built", folder, backend.spec, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
-    return existing(folder, n)
+    return existing(folder, n, backend.spec)
 
 
 # ------------------------------------------------------------------ the uploads
@@ -364,15 +380,19 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 100], help="10 is the server's default")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process step timing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--backend", default="auto", help="index backend of a new --folder, e.g. milvus (Milvus Lite inside it)"
+    )
     args = parser.parse_args()
     folder = args.folder
-    manifest = existing(folder, args.n)
+    manifest = existing(folder, args.n, args.backend)
     if manifest is None:
         if folder.exists() and any(folder.iterdir()):
             sys.exit(
-                f"{folder}: holds something other than a {args.n:,}-vector {MODEL} index; remove it or pass --folder"
+                f"{folder}: holds something other than a {args.n:,}-vector {MODEL} index with backend "
+                f"{backend_spec(args.backend, args.n)}; remove it or pass --folder"
             )
-        manifest = build(folder, args.n)
+        manifest = build(folder, args.n, args.backend)
     else:
         print(
             f"reusing {folder} ({manifest['count']:,} x {manifest['dim']}, {manifest['backend']})", flush=True

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +48,47 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture()
+def milvus_server(tmp_path: Path) -> Iterator[str]:
+    """A Milvus server for the test: Milvus Lite's own gRPC server in its own process (one process
+    owns the database and serves every client, as a Milvus server or cluster does)."""
+    pytest.importorskip(
+        "milvus_lite", reason="the Milvus server of the tests is Milvus Lite's (the milvus extra)"
+    )
+    port = _free_port()
+    log = tmp_path / "milvus-server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "milvus-data")]
+            + ["--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "the Milvus Lite server did not start: " + log.read_text(errors="replace")[-2000:]
+            )
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

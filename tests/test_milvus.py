@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,10 @@ from typer.testing import CliRunner
 pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus + milvus-lite (the milvus extra)")
 pytest.importorskip("milvus_lite", reason="the milvus backend's tests run on Milvus Lite (the milvus extra)")
 
+import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+import lookalike.index.milvus as milvus_module  # noqa: E402
 from lookalike.cli import app  # noqa: E402
 from lookalike.config import SearchConfig  # noqa: E402
 from lookalike.dedup import find_duplicates  # noqa: E402
@@ -262,3 +267,119 @@ def test_an_index_only_in_memory_searches_a_scratch_database() -> None:
     index.backend.remove(np.arange(10))
     ids, _ = index.backend.search(vectors[:10], 3)
     assert len(index.backend) == 40 and (ids >= 10).all()
+
+
+def test_milvus_lite_says_once_and_records_that_it_builds_with_its_own_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus Lite does not read the build parameters pymilvus sends: the spec gets no sized nlist,
+    ``backend-<g>.json`` records Lite's defaults as what was built, and one warning says so; a
+    server spec keeps the sized parameters it builds with."""
+    server = MilvusIndex("milvus:IVF_SQ8,uri=http://db:19530", 512, "cosine", 1_000_000)
+    assert server.spec == "milvus:IVF_SQ8,uri=http://db:19530,nlist=4000"
+    assert server._built_with() == server.build_params == {"nlist": 4000}
+    lite = MilvusIndex("milvus:IVF_SQ8", 512, "cosine", 1_000_000)
+    assert lite.spec == "milvus:IVF_SQ8" and lite.search_params == {"nprobe": 31}
+    monkeypatch.setattr(milvus_module, "_lite_warned", False)
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("lookalike").addHandler(handler)
+    try:
+        vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        index = GalleryIndex.from_embeddings(vectors, [f"{i}.jpg" for i in range(40)], backend="milvus:HNSW,M=8")
+        assert index.search(vectors[:2], 1)[0][:, 0].tolist() == [0, 1]  # a scratch collection
+        index.save(tmp_path / "h.index")  # the index folder's own collection: no second warning
+    finally:
+        logging.getLogger("lookalike").removeHandler(handler)
+    assert len(messages) == 1, messages
+    assert "Milvus Lite builds HNSW with its own defaults (M 16, efConstruction 200), not M 8" in messages[0]
+    saved = json.loads((tmp_path / "h.index" / "backend-1.json").read_text())
+    assert saved["build_params"]["M"] == 8 and saved["built_with"] == {"M": 16, "efConstruction": 200}
+    assert json.loads((tmp_path / "h.index" / "lookalike-index.json").read_text())["backend"] == "milvus:HNSW,M=8"
+
+
+def test_a_second_process_on_a_milvus_lite_database_is_one_line_naming_it(
+    gallery: Path, tmp_path: Path, photo_set: tuple[Path, Path]
+) -> None:
+    """Milvus Lite holds an exclusive lock on its database while a process uses it: a second
+    process gets one error line naming the database and pointing at a Milvus server."""
+    out = tmp_path / "l.index"
+    build_index(gallery, out, model="pixels", backend="milvus:FLAT", options=OPTS)
+    held = GalleryIndex.open(out)  # this process, as a running `lookalike serve` would
+    query = sorted(photo_set[0].rglob("*.jpg"))[0]
+    second = run_cli("search", str(query), str(out), "-q")
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out / "milvus.db") in lines[0] and "--milvus-uri" in lines[0], lines
+    assert len(held.search(np.asarray(held.vectors[:1]), 1)[0]) == 1  # the first one is unaffected
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (
+            f"{process.args} exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+        )
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{url} did not answer in {seconds:.0f} s: {log.read_text(errors='replace')[-2000:]}")
+
+
+def test_two_serve_replicas_against_one_milvus_server_answer_alike(
+    gallery: Path, tmp_path: Path, photo_set: tuple[Path, Path], milvus_server: str
+) -> None:
+    """Two `lookalike serve` processes over one index folder whose vectors are on a Milvus server
+    (what a load balancer spreads requests over) give the same answers, those of an exact index."""
+    out = tmp_path / "s.index"
+    code, output = cli(
+        "index", "build", str(gallery), "-o", str(out), *BUILD, "--backend", "milvus", "--milvus-uri", milvus_server
+    )
+    assert code == 0, output
+    assert json.loads((out / "lookalike-index.json").read_text())["backend"] == f"milvus:HNSW,uri={milvus_server}"
+    build_index(gallery, tmp_path / "e.index", model="pixels", options=OPTS)
+    query = sorted(photo_set[0].rglob("*.jpg"))[0].read_bytes()
+    with TestClient(create_app(tmp_path / "e.index", k=5)) as client:
+        response = client.post("/search", files={"file": ("q.jpg", query, "image/jpeg")})
+        want = [(r["path"], round(r["score"], 4)) for r in response.json()["results"]]
+    gc.collect()
+    ports = [_free_port(), _free_port()]
+    logs = [tmp_path / f"serve-{port}.log" for port in ports]
+    replicas = []
+    for port, log in zip(ports, logs, strict=True):
+        with log.open("wb") as stderr:  # the child keeps its own handle
+            replicas.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "lookalike.cli", "serve", str(out), "--port", str(port), "-k", "5"]
+                    + ["--log-level", "warning"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            )
+    try:
+        answers = []
+        for port, process, log in zip(ports, replicas, logs, strict=True):
+            _wait_for(f"http://127.0.0.1:{port}/health", process, log)
+        for _ in range(2):  # alternately, as a load balancer would send them
+            for port, log in zip(ports, logs, strict=True):
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/search", files={"file": ("q.jpg", query, "image/jpeg")}, timeout=60
+                )
+                assert response.status_code == 200, (response.text, log.read_text(errors="replace")[-2000:])
+                answers.append([(r["path"], round(r["score"], 4)) for r in response.json()["results"]])
+    finally:
+        for process in replicas:
+            process.terminate()
+            process.wait(timeout=30)
+    assert all(answer == want for answer in answers) and len(want) == 5, (answers, want)

@@ -92,6 +92,13 @@ class VectorIndex(Protocol):
         if len(ids):
             self.add(vectors, ids)
 
+    def stream_into(self, folder: Path, generation: int) -> bool:
+        """Optional: make later ``add`` calls write generation ``generation``'s data in ``folder`` as
+        they arrive (``save(folder, generation)`` completes it; the generation in force is untouched
+        until then) and return True, so a streaming build never holds every vector. False, the
+        default: the backend takes its content whole (FAISS trains on it, exact searches in place)."""
+        return False
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (n_queries, k') with k' = min(k, len), best first; an approximate
         index pads with id -1 where it found fewer."""

@@ -9,12 +9,23 @@ server; default ``lookalike_<hash of the index folder>``) and build or search pa
 ``$LOOKALIKE_MILVUS_TOKEN`` and is never written anywhere. Cosine is Milvus's inner product on the
 (normalised) vectors, euclidean its L2 (reported as distances, not their squares).
 
+Build parameters are sent as pymilvus documents them (``add_index(..., params={...})``, which
+pymilvus 3.0.2 sends as separate key/value pairs): a Milvus server builds with them. Milvus Lite
+3.2.2 reads only a JSON ``params`` pair and builds with its own defaults (``LITE_BUILD_DEFAULTS``:
+HNSW M 16, efConstruction 200; IVF 128 lists per segment of about 66,000 rows), so with Lite the
+spec records no sized ``nlist``/``m``, ``backend-<g>.json`` records Lite's defaults as
+``built_with``, and the first Lite collection with build parameters logs a one-time warning. Search
+parameters (``ef``, ``nprobe``, ``search_list``) reach both.
+
 Consistency with the index's generations (the manifest names generation g; items carry stable ids):
 
 - Changes are kept in memory and written to Milvus by ``save(folder, g)``, just before the store
   switches the manifest. ``add``/``remove`` are upserts and deletes by id into the collection in
   use; a build, a ``--force`` rebuild or a ``fill`` (DBA recomputed) writes a fresh collection
   ``<base>_g<g>``, so the generation in force keeps answering until the manifest switches.
+- A streaming build (``stream_into``: ``index build --ray``) writes its ``add``s into that fresh
+  collection as they come, every ``STREAM_ROWS`` rows, instead of keeping them until the save; the
+  save then writes the rest and completes the collection like any other.
 - The collection carries a property ``lookalike.generation``: ``writing`` while a save writes, then
   the generation it completed. ``backend-<g>.json`` names the collection of generation g.
 - ``load(g)`` checks the property: anything but ``g`` means a save was interrupted or never
@@ -68,7 +79,17 @@ SEARCH_KEYS = {"ef", "nprobe", "search_list"}
 CONNECTION_KEYS = {"uri", "collection"}
 BATCH = 2_000  # vectors per insert / queries per search request (well under gRPC's message limit)
 TIMEOUT_S = 10.0
+STREAM_ROWS = 10_000  # a streaming build writes through once this many added rows are pending
 MAX_K = 16_384  # Milvus's largest top-k
+# what Milvus Lite 3.2.2 builds with whatever build parameters pymilvus sends (see the module)
+LITE_BUILD_DEFAULTS: dict[str, dict[str, int]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "AUTOINDEX": {"M": 16, "efConstruction": 200},  # Lite's AUTOINDEX is its HNSW
+    "IVF_FLAT": {"nlist": 128},  # per segment, and at most its rows
+    "IVF_SQ8": {"nlist": 128},
+}
+log = logging.getLogger("lookalike")
+_lite_warned = False  # the one-time warning that Milvus Lite ignores the build parameters
 
 
 def _milvus():
@@ -167,14 +188,17 @@ class MilvusIndex(VectorIndex):
         self.dim, self.metric = dim, metric
         self.build_params = _build_params(self.index_type, self.options, dim, n_vectors)
         self.search_params = _search_params(self.index_type, self.options, self.build_params)
-        sized = {k: str(v) for k, v in self.build_params.items() if k in ("nlist", "m")}
-        self.spec = format_spec(self.index_type, {**self.options, **sized})
         self.uri = self.options.get("uri")
+        # the sized nlist/m go into the spec only where they take effect (not with Milvus Lite)
+        sized = {} if self.uri is None else {k: str(v) for k, v in self.build_params.items() if k in ("nlist", "m")}
+        self.spec = format_spec(self.index_type, {**self.options, **sized})
         self._client: Any = None
         self._where: str | None = None  # what the client is connected to (for messages)
         self.collection: str | None = None  # the collection in use (None: none yet)
         self._base: str | None = self.options.get("collection")
         self._ids = np.zeros(0, dtype=np.int64)  # sorted: the ids this generation holds
+        self._streaming = False  # adds go straight into the collection (a streaming build)
+        self._stream_target: tuple[Path, int] | None = None  # (folder, generation) not written to yet
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, vectors) to upsert at the next write
         self._deleted: set[int] = set()
         self._fresh = True  # the next write starts a new collection (created, cleared or filled)
@@ -243,6 +267,7 @@ class MilvusIndex(VectorIndex):
             self._base = "lookalike" if self.uri is None else _base_name(folder)
         self._write(f"{self._base}_g{generation}")
         self._set_state(str(generation))
+        self._streaming, self._stream_target = False, None  # later adds wait for the next save again
         keep = {self.collection, *_named_collections(folder)}  # the generation in force keeps its own
         for name in self._client.list_collections():
             if name.startswith(self._base + "_g") and name not in keep:
@@ -252,7 +277,8 @@ class MilvusIndex(VectorIndex):
             "base": self._base,
             "collection": self.collection,
             "index_type": self.index_type,
-            "build_params": self.build_params,
+            "build_params": self.build_params,  # as sent
+            "built_with": self._built_with(),  # what the engine uses (Milvus Lite: its own defaults)
             "search_params": self.search_params,
             "count": len(self._ids),
         }
@@ -261,8 +287,30 @@ class MilvusIndex(VectorIndex):
         atomic_write(path, lambda h: h.write(text))
         return [path]
 
+    def stream_into(self, folder: Path, generation: int) -> bool:
+        """Send later ``add``s, every ``STREAM_ROWS`` rows, straight into a fresh collection for
+        ``generation`` (made by the first such write and marked as being written; what an interrupted
+        stream left under its name is dropped), so a build need not hold its vectors;
+        ``save(folder, generation)`` completes it. The generation in force keeps its own collection
+        meanwhile, and a crash leaves the fresh one to the next save's cleanup."""
+        self._fresh, self._streaming = True, True
+        self._stream_target = (Path(folder), generation)  # the collection is made by the first write
+        return True
+
     def __len__(self) -> int:
         return len(self._ids)
+
+    @property
+    def _ids(self) -> np.ndarray:
+        """The sorted ids this generation holds (ids added since the last read merged in now)."""
+        if self._id_chunks:
+            self._sorted_ids = np.union1d(self._sorted_ids, np.concatenate(self._id_chunks))
+            self._id_chunks = []
+        return self._sorted_ids
+
+    @_ids.setter
+    def _ids(self, ids: np.ndarray) -> None:
+        self._sorted_ids, self._id_chunks = ids, []
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         vectors = _check_vectors(vectors, self.dim)
@@ -271,8 +319,10 @@ class MilvusIndex(VectorIndex):
             raise InputError(f"{len(ids)} ids for {len(vectors)} vectors")
         self._pending.append((ids, vectors))
         self._deleted.difference_update(ids.tolist())
-        self._ids = np.union1d(self._ids, ids)
+        self._id_chunks.append(ids)  # merged into the sorted ids when next read: adds stay O(batch)
         self._version += 1
+        if self._streaming and sum(len(i) for i, _ in self._pending) >= STREAM_ROWS:
+            self._write_through()
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -287,7 +337,7 @@ class MilvusIndex(VectorIndex):
     def clear(self) -> None:
         self._ids = np.zeros(0, dtype=np.int64)
         self._pending, self._deleted = [], set()
-        self._fresh = True
+        self._fresh, self._streaming, self._stream_target = True, False, None
         self._version += 1
 
     def fill(self, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -425,8 +475,46 @@ class MilvusIndex(VectorIndex):
         self._pending, self._deleted = [], set()
         self._fresh = False
 
+    def _write_through(self) -> None:
+        """Upsert the pending rows into the collection being streamed into (flushed by the save);
+        the first call makes that collection."""
+        if self._stream_target is not None:
+            folder, generation = self._stream_target
+            self._connect(folder)
+            if self._base is None:
+                self._base = "lookalike" if self.uri is None else _base_name(folder)
+            self._write(f"{self._base}_g{generation}")  # a fresh collection with the pending rows
+            self._stream_target = None
+            return
+        for ids, vectors in self._pending:
+            self._upsert_rows(self._client, self.collection, ids, vectors)
+        self._pending = []
+
+    def _built_with(self) -> dict[str, int]:
+        """The build parameters the engine uses: Milvus Lite's own defaults, a server's what is sent."""
+        if self.uri is None:
+            return dict(LITE_BUILD_DEFAULTS.get(self.index_type, {}))
+        return dict(self.build_params)
+
+    def _warn_lite_defaults(self) -> None:
+        """Once per process: with Milvus Lite, the build parameters asked for are not the ones used."""
+        global _lite_warned
+        if self.uri is not None or _lite_warned or not self.build_params:
+            return
+        _lite_warned = True
+        sent = ", ".join(f"{k} {v}" for k, v in self.build_params.items())
+        used = ", ".join(f"{k} {v}" for k, v in self._built_with().items()) or "its defaults"
+        log.warning(
+            "Milvus Lite builds %s with its own defaults (%s), not %s: it does not read build parameters "
+            "as pymilvus sends them; search parameters do apply, and a Milvus server (--milvus-uri) uses them",
+            self.index_type,
+            used,
+            sent,
+        )
+
     def _create_collection(self, client: Any, name: str) -> None:
         pymilvus = _milvus()
+        self._warn_lite_defaults()
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
         schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)

@@ -817,6 +817,10 @@ def _build(
     the index as the generation after ``replaces`` (the first one for a new index)."""
     for leftover in (out / "partial").glob("features/*/.*" + TMP_SUFFIX):  # a killed flush's temporaries
         leftover.unlink(missing_ok=True)
+    if ray_address is not None and not post.active:  # fitting whitening or DBA needs every vector
+        streamed = _build_streaming(images, out, extractor, backend, metric, options, ray_address, replaces)
+        if streamed is not None:
+            return streamed
     cache = FeatureCache(
         out / "partial", extractor.key, extractor.describe(), flush_seconds=0.0, max_shards=None
     )
@@ -832,29 +836,112 @@ def _build(
         raise NothingToProcessError(
             f"{images.source}: none of the {len(images)} image(s) could be read{kept}"
         )
-    items = []
-    for row, i in enumerate(emb.indices):
-        path = images.paths[i]
-        item = {"id": row, "path": images.names[i], "key": file_key(path), "sha1": file_sha1(path)}
-        if images.labels is not None:
-            item["label"] = images.labels[i]
-        items.append(item)
     vectors = emb.features
     searchable = post.fit(vectors).gallery(vectors) if post.active else None
     search_vectors = vectors if searchable is None else searchable
+    ids = np.arange(len(vectors), dtype=np.int64)
     index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))
-    index_backend.fill(search_vectors, np.arange(len(vectors), dtype=np.int64))
+    index_backend.fill(search_vectors, ids)
+    index = _save_built(
+        out, images, extractor, metric, index_backend, vectors, emb.indices, ids, replaces, post, searchable
+    )
+    return index, emb
+
+
+def _save_built(
+    out: Path,
+    images: ImageSet,
+    extractor: Extractor,
+    metric: str,
+    backend: VectorIndex,
+    vectors: np.ndarray,
+    indices: np.ndarray,
+    ids: np.ndarray,
+    replaces: int | None,
+    post: IndexPostprocess | None = None,
+    searchable: np.ndarray | None = None,
+) -> GalleryIndex:
+    """Save a built index as the generation after ``replaces``: item ``ids[j]`` is the image
+    ``images.paths[indices[j]]``, whose vector is ``vectors[j]`` (``backend`` holds them already)."""
+    items = []
+    for item_id, i in zip(np.asarray(ids).tolist(), np.asarray(indices).tolist(), strict=True):
+        path = images.paths[i]
+        item = {"id": item_id, "path": images.names[i], "key": file_key(path), "sha1": file_sha1(path)}
+        if images.labels is not None:
+            item["label"] = images.labels[i]
+        items.append(item)
     index = GalleryIndex(
         out,
         images.root.resolve(),
         extractor.describe(),
         metric,
-        index_backend,
+        backend,
         vectors,
         items,
         generation=replaces or 0,
-        post=post,
+        post=post if post is not None else IndexPostprocess(),
         searchable=searchable,
     )
     index.save()
-    return index, emb
+    return index
+
+
+STREAM_VECTORS = "stream-vectors.npy"  # in partial/: the vectors of a streaming build, on disk only
+
+
+def _build_streaming(
+    images: ImageSet,
+    out: Path,
+    extractor: Extractor,
+    backend: str,
+    metric: str,
+    options: ExtractOptions | None,
+    ray_address: str,
+    replaces: int | None,
+) -> tuple[GalleryIndex, Embeddings] | None:
+    """Extract on Ray and hand each batch of vectors to the backend as it arrives, for a backend
+    that takes its content that way (``stream_into``); None for one that does not (the caller then
+    builds as usual). The driver keeps the vectors only on disk: the resumable shards and one
+    memory map (``partial/stream-vectors.npy``, compacted in place when images were skipped) that
+    the save copies into ``vectors-<g>.npy``; the manifest switches last, as for every build."""
+    from ..distributed import StreamingCache, ray_stream
+
+    generation = (replaces or 0) + 1
+    index_backend = create_backend(backend, extractor.dim, metric, len(images))
+    stream_into = getattr(index_backend, "stream_into", None)  # optional in the protocol
+    if stream_into is None or not stream_into(out, generation):
+        return None
+    partial = out / "partial"
+    cache = StreamingCache(partial, extractor.key, extractor.describe())
+    rows = np.lib.format.open_memmap(
+        partial / STREAM_VECTORS, mode="w+", dtype=np.float32, shape=(len(images), extractor.dim)
+    )
+    done = np.zeros(len(images), dtype=bool)
+    stream = ray_stream(extractor, images, options, address=ray_address, cache=cache)
+    for batch in stream:
+        rows[batch.indices] = batch.features
+        done[batch.indices] = True
+        index_backend.add(batch.features, batch.indices.astype(np.int64))  # ids: the images' rows
+        crashpoint("stream-batch")
+    indices = np.flatnonzero(done)
+    if len(indices) == 0:
+        kept = "; the existing index is unchanged" if replaces is not None else "; no index written"
+        raise NothingToProcessError(
+            f"{images.source}: none of the {len(images)} image(s) could be read{kept}"
+        )
+    vectors = rows if len(indices) == len(images) else _compact_rows(rows, indices)
+    index = _save_built(out, images, extractor, metric, index_backend, vectors, indices, indices, replaces)
+    index.vectors = np.load(out / f"vectors-{index.generation}.npy", mmap_mode="r", allow_pickle=False)
+    del rows, vectors  # partial/ (and the memory maps into it) goes once the build returns
+    return index, Embeddings(index.vectors, indices, stream.skipped, stream.n_cached, stream.n_extracted)
+
+
+def _compact_rows(rows: np.ndarray, indices: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """``rows[indices]`` (``indices`` ascending) moved to the front of ``rows`` in place, a block at
+    a time, and returned as a view of those first rows: no second file on disk. Safe in place since
+    ``indices[j] >= j``: a block reads only rows at or after its own start, which no earlier block
+    has written."""
+    for start in range(0, len(indices), block):
+        part = indices[start : start + block]
+        rows[start : start + len(part)] = rows[part]  # the read is a copy first
+    return rows[: len(indices)]
