@@ -16,13 +16,19 @@ from .options import BatchSize, Device, Quiet, key_values
 @app.command("train")
 @friendly
 def train_command(
-    method: Annotated[str, typer.Argument(help="siamese, autoencoder, vae, cnn or finetune.")],
-    train_dir: Annotated[Path, typer.Argument(help="Training images in class folders.")],
+    method: Annotated[
+        str, typer.Argument(help="siamese, autoencoder, vae, cnn, finetune, or selfsup (no labels needed).")
+    ],
+    train_dir: Annotated[
+        Path, typer.Argument(help="Training images in class folders (selfsup: any folder; classes ignored).")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (checkpoints, config, curves).")],
     val: Annotated[
         Path | None, typer.Option("--val", help="Validation class folders (else a split).")
     ] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Stratified validation share.")] = 0.2,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Stratified validation share.")
+    ] = 0.2,
     epochs: Annotated[
         int | None, typer.Option("--epochs", min=1, help="Most epochs (early stopping may end sooner).")
     ] = None,
@@ -35,7 +41,9 @@ def train_command(
     lr_patience: Annotated[
         int, typer.Option("--lr-patience", min=0, help="Epochs on a plateau before LR drops.")
     ] = 2,
-    lr_factor: Annotated[float, typer.Option("--lr-factor", min=0.0, max=1.0, help="LR multiplier on a plateau.")] = 0.5,
+    lr_factor: Annotated[
+        float, typer.Option("--lr-factor", min=0.0, max=1.0, help="LR multiplier on a plateau.")
+    ] = 0.5,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")
     ] = False,
@@ -47,9 +55,16 @@ def train_command(
         list[str] | None,
         typer.Option("--option", "-O", help="Method option KEY=VALUE (repeatable), e.g. image_size=64."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=0, help="selfsup: processes making the views (default: half the cores)."
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a feature model on class folders; RUN_DIR/best.pt then works wherever a model name does."""
+    """Train a feature model on class folders, or self-supervised on unlabelled images (selfsup);
+    RUN_DIR/best.pt then works wherever a model name does."""
     from ..training import train
 
     if lr is not None and lr <= 0:
@@ -81,6 +96,7 @@ def train_command(
         seed=seed,
         device=device,
         progress=not quiet,
+        workers=workers,
         **method_options,
     )
     for s in result.skipped:

@@ -115,6 +115,10 @@ class ImageStore:
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def image(self, index: int) -> torch.Tensor:
+        """One image (3, h, w) uint8; safe in a DataLoader worker (no thread pool)."""
+        return self.take(torch.tensor([index]))[0]
+
 
 class MemoryStore(ImageStore):
     """All images decoded once into one uint8 tensor: the fast path for sets that fit in memory."""
@@ -127,6 +131,9 @@ class MemoryStore(ImageStore):
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         return self.pixels[indices]
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.pixels[index]
 
 
 class DiskStore(ImageStore):
@@ -145,6 +152,12 @@ class DiskStore(ImageStore):
             if tensor is None:
                 raise ImageError(self.decoder.paths[i], f"{reason} (found while training)")
         return torch.stack([t for _, t, _ in items])
+
+    def image(self, index: int) -> torch.Tensor:
+        _, tensor, reason = self.decoder[index]
+        if tensor is None:
+            raise ImageError(self.decoder.paths[index], f"{reason} (found while training)")
+        return tensor
 
 
 @dataclass
@@ -322,17 +335,22 @@ def load_training_data(
     max_per_class: int | None = None,
     min_val_per_class: int = 1,
     val_split: str = "images",
+    use_labels: bool = True,
 ) -> TrainingData:
     """Discover, check, split and decode the training (and validation) images.
 
     With ``needs_labels`` the images must lie in class folders, with at least two classes; when
     the validation images are split off, every class needs at least two readable images.
     ``val_split="classes"`` holds out whole classes instead (open-set validation, for metric learning).
+    ``use_labels=False`` ignores class folders altogether (self-supervised methods): a seeded random
+    share of all the images is held out.
     """
     if val_split not in VAL_SPLITS:
         raise InputError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
     images = limit_per_class(
-        discover(train_dir, needs_labels=needs_labels, what="training folder"), max_per_class, seed
+        _labels_used(discover(train_dir, needs_labels=needs_labels, what="training folder"), use_labels),
+        max_per_class,
+        seed,
     )
     if needs_labels:
         _check_classes(images, train_dir)
@@ -349,8 +367,11 @@ def load_training_data(
     elif val_dir is None:
         if needs_labels:
             _check_class_sizes(labels, train_dir)
-        elif len(kept) < 2:
-            raise InputError(f"training folder {train_dir}: at least 2 readable images are needed")
+        elif len(kept) < 2 * min_val_per_class:
+            raise InputError(
+                f"training folder {train_dir}: {len(kept)} readable image(s); at least "
+                f"{2 * min_val_per_class} are needed ({min_val_per_class} to train on and as many to validate on)"
+            )
         # Unsupervised methods stratify by class when they can, else split at random.
         strata = labels if min(Counter(labels).values()) >= 2 else ["all"] * len(kept)
         train_idx, val_idx = stratified_split(strata, val_fraction, seed, min_per_class=min_val_per_class)
@@ -363,11 +384,20 @@ def load_training_data(
         val = _split_of(kept, store, val_idx, class_names)
     else:
         train = _split_of(kept, store, list(range(len(kept))), class_names)
-        val_images = discover(val_dir, needs_labels=needs_labels, what="validation folder")
+        val_images = _labels_used(
+            discover(val_dir, needs_labels=needs_labels, what="validation folder"), use_labels
+        )
         val_kept, val_store, val_skipped = decode_all(val_images, size, what="validation folder")
         skipped += val_skipped
         val = _split_of(val_kept, val_store, list(range(len(val_kept))), class_names, open_set=True)
     return TrainingData(train, val, class_names, skipped)
+
+
+def _labels_used(images: ImageSet, use_labels: bool) -> ImageSet:
+    """``images`` as they are, or without their class-folder labels."""
+    if not use_labels:
+        images.labels = None
+    return images
 
 
 def _check_classes(images: ImageSet, folder: str | Path) -> None:
@@ -423,3 +453,6 @@ class _Subset(ImageStore):
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base.take(self.index[indices])
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.base.image(int(self.index[index]))

@@ -7,18 +7,20 @@ network from a checkpoint's saved options.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import InputError
 from ..features.base import Preprocess
 from ..registry import Registry, coerce
+from .copyaug import CopyAugment
 from .data import Augment
 from .models import (
     TrainableModel,
     build_autoencoder,
     build_cnn,
     build_finetune,
+    build_selfsup,
     build_siamese,
     build_vae,
 )
@@ -35,10 +37,11 @@ class MethodSpec:
     needs_labels: bool
     build: Builder
     options: dict[str, Any]
-    augment: Augment = field(default_factory=Augment)
+    augment: Augment | CopyAugment = field(default_factory=Augment)
     lr: float = 1e-3
     batch_size: int = 64
     epochs: int = 30
+    uses_labels: bool = True  # False: class folders are ignored altogether (self-supervised)
 
     def default_lr(self, options: dict[str, Any]) -> float:
         """The method's learning rate; a pretrained trunk that is being trained gets 1e-4 so its
@@ -49,8 +52,8 @@ class MethodSpec:
 
     def resolve(self, given: dict[str, Any]) -> tuple[dict[str, Any], Augment, int | None]:
         """(model options, augmentation, max_per_class) from the defaults and the user's options."""
-        augment_keys = {"flip", "crop", "jitter", "noise"}
-        known = set(self.options) | augment_keys | {"max_per_class"}
+        augment_keys = {f.name for f in fields(self.augment)}
+        known = set(self.options) | augment_keys | ({"max_per_class"} if self.uses_labels else set())
         unknown = sorted(set(given) - known)
         if unknown:
             raise InputError(
@@ -60,7 +63,7 @@ class MethodSpec:
         opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
         opts["image_size"] = _size_pair(opts["image_size"])
         aug = {k: given[k] for k in augment_keys & set(given)}
-        augment = Augment(**{**self.augment.__dict__, **aug})
+        augment = replace(self.augment, **aug)
         return opts, augment, given.get("max_per_class")
 
 
@@ -70,8 +73,23 @@ OPTION_TYPES: dict[str, Any] = {
         ("trunk", "trunk_weights", "pool", "head", "loss", "features", "backbone", "backbone_weights"), str
     ),
     **dict.fromkeys(("freeze_trunk", "freeze_backbone", "batch_norm", "flip"), bool),
-    **dict.fromkeys(("hidden", "embed_dim", "pairs_per_epoch", "latent_dim", "dense", "max_per_class"), int),
+    **dict.fromkeys(
+        (
+            "hidden",
+            "embed_dim",
+            "pairs_per_epoch",
+            "images_per_epoch",
+            "latent_dim",
+            "dense",
+            "max_per_class",
+            "train_blocks",
+        ),
+        int,
+    ),
     **dict.fromkeys(("margin", "noise_std", "mask", "beta", "dropout", "crop", "jitter", "noise"), float),
+    **dict.fromkeys(
+        ("temperature", "koleo", "rotate", "grey", "blur", "jpeg", "text", "shapes", "paste"), float
+    ),
     "channels": "ints",
     "image_size": "size",
 }
@@ -172,6 +190,33 @@ METHODS: dict[str, MethodSpec] = {
         lr=1e-4,
         batch_size=32,
         epochs=15,
+    ),
+    "selfsup": MethodSpec(
+        "selfsup",
+        "self-supervised on unlabelled images: two copy-like views per image, NT-Xent + KoLeo "
+        "(as SSCD); pretrained trunk, last blocks trained, projection head",
+        False,
+        build_selfsup,
+        {
+            "trunk": "efficientnet-lite0",
+            "trunk_weights": None,
+            "train_blocks": 3,
+            "channels": [32, 64, 128],
+            "pool": "auto",
+            "head": "linear",
+            "hidden": 1024,
+            "embed_dim": 256,
+            "temperature": 0.1,
+            "koleo": 1.0,
+            "features": "projection",
+            "images_per_epoch": None,
+            "image_size": 224,
+        },
+        CopyAugment(),
+        lr=1e-3,
+        batch_size=32,
+        epochs=10,
+        uses_labels=False,
     ),
 }
 

@@ -19,7 +19,7 @@ from ..features.backbones import create_backbone
 from ..features.base import Preprocess
 from ..features.pooling import GlobalPool
 from ..features.timm_models import ALIASES as TIMM_ALIASES
-from .losses import contrastive_loss, triplet_loss
+from .losses import contrastive_loss, koleo, nt_xent, triplet_loss
 
 # Networks trained from scratch see pixels scaled to -1..1.
 SCRATCH_MEAN = (0.5, 0.5, 0.5)
@@ -30,7 +30,9 @@ DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
 class TrainableModel(nn.Module):
     """What the trainer needs of a method's network."""
 
-    sampling = "images"  # "images" (with class ids), "pairs" (with same/different) or "triplets"
+    # "images" (with class ids), "pairs" (with same/different), "triplets", or "views" (two edited
+    # views of each image, made in the DataLoader workers: self-supervised methods)
+    sampling = "images"
 
     def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """The training objective for one batch; ``views`` are normalised image batches."""
@@ -120,14 +122,21 @@ class SmallCNN(nn.Module):
 
 
 def pretrained_backbone(
-    name: str, *, pretrained: bool, weights: str | None, size: tuple[int, int] | None = None
+    name: str,
+    *,
+    pretrained: bool,
+    weights: str | None,
+    size: tuple[int, int] | None = None,
+    pool: str | None = None,
 ) -> tuple[nn.Module, int, Preprocess]:
     """A pretrained trunk (``features.backbones``: efficientnet-lite0, resnet50 or ``timm:<model>``)
     with its own pooling (global average for the CNNs, a timm model's pre-logits), its output size
     and its own normalisation; ``weights`` replaces the default pretrained weights.
 
     ``pretrained=False`` builds the bare architecture (a checkpoint's weights are loaded over it);
-    ``size`` is the training image size, which a timm transformer is resized to.
+    ``size`` is the training image size, which a timm transformer is resized to; ``pool`` replaces
+    the trunk's own pooling (``gem``, ``avg``, ...) where it has a feature map; ``auto`` is GeM
+    there and the model's own pooling on a transformer's tokens.
     """
     options: dict[str, Any] = {}
     if name == "efficientnet-lite0":
@@ -135,7 +144,10 @@ def pretrained_backbone(
     elif (name.startswith("timm:") or name in TIMM_ALIASES) and size is not None:
         options["size"] = tuple(size)  # a timm transformer's position embeddings follow the image size
     backbone = create_backbone(name, pretrained=(weights or True) if pretrained else False, **options)
-    return backbone.pooled(), backbone.channels, backbone.preprocess
+    if pool == "auto":  # GeM where the trunk gives a feature map, else the model's own pooling
+        pool = "gem" if getattr(backbone, "map_channels", backbone.channels) else None
+    dim = backbone.channels if pool is None else getattr(backbone, "map_channels", 0) or backbone.channels
+    return backbone.pooled(pool), dim, backbone.preprocess
 
 
 def _set_frozen(module: nn.Module, frozen: bool) -> None:
@@ -450,3 +462,134 @@ def build_finetune(
         opts["backbone"], pretrained=pretrained, weights=opts["backbone_weights"], size=opts["image_size"]
     )
     return FinetuneNet(backbone, dim, opts, n_classes), Preprocess(opts["image_size"], own.mean, own.std)
+
+
+# --------------------------------------------------------------------------- self-supervised
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def trunk_blocks(module: nn.Module) -> list[str]:
+    """The names of a trunk's repeated blocks in forward order: the children of every Sequential or
+    ModuleList whose parameterised children are all of one type (EfficientNet's MBConv ``_blocks``,
+    ResNet's bottlenecks, a ViT's ``blocks``, the blocks of each timm stage), the innermost where
+    such containers nest."""
+    groups: list[list[str]] = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Sequential | nn.ModuleList):
+            kids = [(f"{name}.{k}" if name else k, c) for k, c in m.named_children() if _has_parameters(c)]
+            if len(kids) >= 2 and len({type(c) for _, c in kids}) == 1:
+                groups.append([k for k, _ in kids])
+    containers = {k.rsplit(".", 1)[0] if "." in k else "" for group in groups for k in group}
+    blocks = [k for group in groups for k in group if not any(c.startswith(k + ".") for c in containers)]
+    order = {name: i for i, (name, _) in enumerate(module.named_parameters())}
+    first = {b: min(i for n, i in order.items() if n.startswith(b + ".")) for b in blocks}
+    return sorted(blocks, key=first.__getitem__)
+
+
+def freeze_early(module: nn.Module, train_blocks: int) -> int:
+    """Freeze every parameter of ``module`` before its last ``train_blocks`` blocks (see
+    :func:`trunk_blocks`; what follows them, a final norm or head, stays trainable); -1 trains
+    everything, 0 nothing. Returns the number of trainable parameters."""
+    params = list(module.named_parameters())
+    blocks = trunk_blocks(module)
+    if not blocks and train_blocks > 0:
+        raise InputError(
+            f"found no repeated blocks in this trunk to train the last {train_blocks} of; pass "
+            "train_blocks=-1 to train it whole"
+        )
+    if train_blocks < 0 or train_blocks >= len(blocks):
+        start = 0
+    elif train_blocks == 0:
+        start = len(params)
+    else:
+        first = blocks[-train_blocks] + "."
+        start = next(i for i, (name, _) in enumerate(params) if name.startswith(first))
+    for i, (_, p) in enumerate(params):
+        p.requires_grad_(i >= start)
+    return sum(p.numel() for _, p in params[start:])
+
+
+class SelfSupNet(TrainableModel):
+    """A trunk and a projection head trained on two edited views of each unlabelled image: NT-Xent
+    (InfoNCE) between the views, plus ``koleo`` times the KoLeo regulariser, as SSCD trains.
+
+    Only the last ``train_blocks`` blocks of a pretrained trunk learn (frozen batch norms keep their
+    statistics); a ``small`` trunk, trained from scratch, learns whole. Features: the projection
+    (``features=projection``, the default: better on both copy sets) or the pooled trunk (``trunk``).
+    """
+
+    sampling = "views"
+
+    def __init__(self, trunk: nn.Module, trunk_dim: int, opts: dict[str, Any]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        embed = int(opts["embed_dim"])
+        if opts["head"] == "linear":
+            self.head: nn.Module = nn.Linear(trunk_dim, embed)
+        elif opts["head"] == "mlp":
+            hidden = int(opts["hidden"])
+            self.head = nn.Sequential(
+                nn.Linear(trunk_dim, hidden),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, embed),
+            )
+        else:
+            raise InputError(f"selfsup: head must be 'linear' or 'mlp', got {opts['head']!r}")
+        self.temperature = float(opts["temperature"])
+        self.koleo_weight = float(opts["koleo"])
+        if self.temperature <= 0:
+            raise InputError(f"selfsup: temperature must be positive, got {self.temperature}")
+        if self.koleo_weight < 0:
+            raise InputError(
+                f"selfsup: koleo (the regulariser's weight) must be >= 0, got {self.koleo_weight}"
+            )
+        self.feature_mode = opts["features"]
+        if self.feature_mode not in ("trunk", "projection"):
+            raise InputError(f"selfsup: features must be 'trunk' or 'projection', got {self.feature_mode!r}")
+        # a trunk trained from scratch learns whole: freezing random weights would keep noise
+        blocks = -1 if opts["trunk"] == "small" else int(opts["train_blocks"])
+        trainable = freeze_early(self.trunk, blocks)
+        if trainable == 0 and self.feature_mode == "trunk":
+            raise InputError(
+                "selfsup: with train_blocks=0 the trunk does not learn, so its features would not change; "
+                "train some blocks (train_blocks=3) or search with the projection (features=projection)"
+            )
+
+    def train(self, mode: bool = True) -> SelfSupNet:
+        super().train(mode)
+        for m in self.trunk.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()
+            ):
+                m.eval()  # a frozen layer keeps its batch-norm statistics too
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.trunk(x)), dim=1)
+
+    def loss(self, views: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        first, second = self.embed(torch.cat(list(views))).split([v.shape[0] for v in views])
+        value = nt_xent(first, second, temperature=self.temperature)
+        if self.koleo_weight > 0:
+            value = value + self.koleo_weight * koleo(first, second)
+        return value
+
+    def features(self) -> nn.Module:
+        return self.trunk if self.feature_mode == "trunk" else nn.Sequential(self.trunk, self.head)
+
+
+def build_selfsup(
+    opts: dict[str, Any], n_classes: int, pretrained: bool
+) -> tuple[TrainableModel, Preprocess]:
+    size = opts["image_size"]
+    if opts["trunk"] == "small":
+        trunk = SmallCNN(opts["channels"], size, "gem" if opts["pool"] == "auto" else opts["pool"])
+        return SelfSupNet(trunk, trunk.out_dim, opts), Preprocess(size, SCRATCH_MEAN, SCRATCH_STD)
+    trunk, dim, own = pretrained_backbone(
+        opts["trunk"], pretrained=pretrained, weights=opts["trunk_weights"], size=size, pool=opts["pool"]
+    )
+    return SelfSupNet(trunk, dim, opts), Preprocess(size, own.mean, own.std)

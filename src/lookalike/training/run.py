@@ -23,6 +23,7 @@ from .. import __version__
 from ..errors import InputError
 from ..extract import Skipped, resolve_device
 from ..fileio import atomic_write
+from ..local.parallel import cpu_count
 from ..plots import figure, png_bytes
 from .checkpoint import checkpoint_meta, feature_dim, read_checkpoint, save_checkpoint
 from .data import TrainingData, load_training_data
@@ -75,20 +76,28 @@ def train(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    workers: int | None = None,
     **method_options: Any,
 ) -> TrainResult:
-    """Train ``method`` (siamese, autoencoder, vae, cnn, finetune) on the class folders of
-    ``train_dir`` and write the run to ``out_dir``; ``RUN_DIR/best.pt`` then works as a model name.
+    """Train ``method`` (siamese, autoencoder, vae, cnn, finetune on class folders; selfsup on any
+    folder of images, class folders ignored) on ``train_dir`` and write the run to ``out_dir``;
+    ``RUN_DIR/best.pt`` then works as a model name.
 
-    ``method_options`` are the method's model options (see ``METHODS[method].options``), the
-    augmentation switches ``flip``, ``crop``, ``jitter``, ``noise``, and ``max_per_class`` (train on
-    a seeded subset). ``None`` values mean the default. ``resume`` continues from ``last.pt``.
+    ``method_options`` are the method's model options (see ``METHODS[method].options``), its
+    augmentation options (``flip``, ``crop``, ``jitter``, ``noise``; selfsup's ``CopyAugment`` has
+    more), and ``max_per_class`` (train on a seeded subset of each class). ``None`` values mean the
+    default. ``resume`` continues from ``last.pt``. ``workers``: DataLoader processes making
+    selfsup's views (default: half the cores, 1 to 4).
     """
     spec = method_spec(method)
     if val_split == "classes" and method in CLASSIFIERS:
         raise InputError(
             f"{method} classifies into the training classes, so it cannot validate on held-out classes; "
             "use val_split='images'"
+        )
+    if val_split == "classes" and not spec.uses_labels:
+        raise InputError(
+            f"{method} ignores class folders, so it validates on held-out images; use val_split='images'"
         )
     options, augment, max_per_class = spec.resolve({k: v for k, v in method_options.items() if v is not None})
     config = TrainConfig(
@@ -103,6 +112,7 @@ def train(
         lr_patience=lr_patience,
         seed=seed,
         pairs_per_epoch=options.get("pairs_per_epoch"),
+        images_per_epoch=options.get("images_per_epoch"),
     )
     run_dir = Path(out_dir)
     saved = _previous_run(run_dir, resume=resume, overwrite=overwrite)
@@ -117,8 +127,9 @@ def train(
         needs_labels=spec.needs_labels,
         seed=seed,
         max_per_class=max_per_class,
-        min_val_per_class=2 if method == "siamese" else 1,
+        min_val_per_class=2 if method == "siamese" or not spec.uses_labels else 1,
         val_split=val_split,
+        use_labels=spec.uses_labels,
     )
     _check_val_classes(method, data, val_dir)
     with torch.random.fork_rng():
@@ -144,6 +155,7 @@ def train(
         augment=augment,
         device=torch_device,
         progress=progress,
+        workers=min(4, max(1, cpu_count() // 2)) if workers is None else workers,
     )
     if saved is not None:
         _check_same_run(saved, run_config, run_dir)
@@ -261,7 +273,8 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
         if changed:
             detail = ", ".join(f"{k}: {old.get(k)!r} then, {current[key].get(k)!r} now" for k in changed)
             raise InputError(f"{run_dir}: cannot resume: {key} differ from the saved run's ({detail})")
-    train_before = {k: v for k, v in before.get("train", {}).items() if k != "epochs"}
+    saved_train = {**asdict(TrainConfig()), **before.get("train", {})}  # settings added since: defaults
+    train_before = {k: v for k, v in saved_train.items() if k != "epochs"}
     train_now = {k: v for k, v in current["train"].items() if k != "epochs"}
     if train_before != train_now:
         raise InputError(

@@ -18,7 +18,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..extract import _worker_init
 from ..features.base import Preprocess
+from .copyaug import CopyAugment, TwoViews
 from .data import Augment, Split
 from .models import TrainableModel
 from .pairs import balanced_pairs, triplets
@@ -42,6 +44,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     seed: int = 0
     pairs_per_epoch: int | None = None
+    images_per_epoch: int | None = None  # views sampling: images drawn per epoch (None: all)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -50,6 +53,8 @@ class TrainConfig:
             )
         if self.lr <= 0 or not 0 < self.lr_factor < 1:
             raise InputError(f"lr must be > 0 and lr_factor in (0, 1) (got {self.lr}, {self.lr_factor})")
+        if self.images_per_epoch is not None and self.images_per_epoch < 1:
+            raise InputError(f"images_per_epoch must be at least 1, got {self.images_per_epoch}")
         if self.patience < 1 or self.lr_patience < 0:
             raise InputError(
                 f"patience must be >= 1 and lr_patience >= 0 (got {self.patience}, {self.lr_patience})"
@@ -127,12 +132,16 @@ class Trainer:
         val: Split,
         config: TrainConfig,
         *,
-        augment: Augment | None = None,
+        augment: Augment | CopyAugment | None = None,
         device: torch.device | None = None,
         progress: bool = True,
+        workers: int = 0,
     ) -> None:
         self.model, self.train_split, self.val_split, self.config = model, train, val, config
-        self.augment = augment or Augment()
+        self.augment = augment or (CopyAugment() if model.sampling == "views" else Augment())
+        if model.sampling == "views" and not isinstance(self.augment, CopyAugment):
+            raise InputError("a model trained on views needs a CopyAugment (the edits that make its views)")
+        self.workers = int(workers)
         self.device = device or torch.device("cpu")
         self.progress = progress
         self.normalise = Normalise(preprocess).to(self.device)
@@ -154,10 +163,18 @@ class Trainer:
     # -- batches --------------------------------------------------------------------------------
 
     def batches(self, split: Split, g: torch.Generator, *, shuffle: bool) -> Iterator[Batch]:
-        """Index batches for the model's sampling: images, balanced pairs or triplets."""
+        """Index batches for the model's sampling: images (or the images whose views are made),
+        balanced pairs or triplets."""
         bs = self.config.batch_size
-        if self.model.sampling == "images":
+        if self.model.sampling in ("images", "views"):
             order = torch.randperm(len(split), generator=g) if shuffle else torch.arange(len(split))
+            wanted = self.config.images_per_epoch if shuffle and self.model.sampling == "views" else None
+            if wanted:
+                rounds = -(-wanted // len(split))
+                order = torch.cat(
+                    [order, *(torch.randperm(len(split), generator=g) for _ in range(rounds - 1))]
+                )
+                order = order[:wanted]
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             return (([c], split.labels[c]) for c in _drop_singleton(chunks))
         if self.model.sampling == "pairs":
@@ -170,6 +187,31 @@ class Trainer:
         )
         spans = _drop_singleton([slice(i, i + bs) for i in range(0, len(anchor), bs)], len(anchor))
         return (([anchor[s], positive[s], negative[s]], torch.zeros(0)) for s in spans)
+
+    def _loaded(
+        self, split: Split, batches: list[Batch], g: torch.Generator | None, view_seed: int
+    ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """(normalised views, target) of each batch; a ``views`` model's two edited views of each
+        image are made in DataLoader workers, seeded by ``view_seed`` and the image."""
+        if self.model.sampling != "views":
+            for batch in batches:
+                yield self._views(split, batch, g), batch[1]
+            return
+        assert isinstance(self.augment, CopyAugment)
+        order = [int(i) for batch in batches for i in batch[0][0]]
+        spans, start = [], 0
+        for batch in batches:
+            spans.append(list(range(start, start + len(batch[0][0]))))
+            start += len(batch[0][0])
+        loader = torch.utils.data.DataLoader(
+            TwoViews(split.store, self.augment, view_seed, order),
+            batch_sampler=spans,
+            num_workers=self.workers,
+            worker_init_fn=_worker_init if self.workers else None,
+        )
+        for pixels, batch in zip(loader, batches, strict=True):
+            pixels = pixels.to(self.device)
+            yield [self.normalise(pixels[:, k].float()) for k in range(pixels.shape[1])], batch[1]
 
     def _views(self, split: Split, batch: Batch, g: torch.Generator | None) -> list[torch.Tensor]:
         views = []
@@ -191,7 +233,8 @@ class Trainer:
         total, count = 0.0, 0
         batches = list(self.batches(self.train_split, g, shuffle=True))
         bar = tqdm(
-            batches,
+            self._loaded(self.train_split, batches, g, seed),
+            total=len(batches),
             desc=f"epoch {epoch}/{self.config.epochs}",
             unit="batch",
             file=sys.stderr,
@@ -199,9 +242,8 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        for batch in bar:
-            views = self._views(self.train_split, batch, g)
-            loss = self.model.loss(views, batch[1].to(self.device))
+        for views, target in bar:
+            loss = self.model.loss(views, target.to(self.device))
             if not torch.isfinite(loss):
                 raise InputError(f"epoch {epoch}: the training loss became {loss.item()}; try a lower lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -215,13 +257,14 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """The mean loss on the validation split: no augmentation, fixed pairs, eval mode."""
+        """The mean loss on the validation split in eval mode: no augmentation and fixed pairs, or
+        for a views model the same views of each image every epoch."""
         self.model.eval()
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, 0) + 1)
         total, count = 0.0, 0
-        for batch in self.batches(self.val_split, g, shuffle=False):
-            views = self._views(self.val_split, batch, None)
-            loss = self.model.loss(views, batch[1].to(self.device))
+        batches = list(self.batches(self.val_split, g, shuffle=False))
+        for views, target in self._loaded(self.val_split, batches, None, epoch_seed(self.config.seed, 0) + 1):
+            loss = self.model.loss(views, target.to(self.device))
             n = views[0].shape[0]
             total, count = total + loss.item() * n, count + n
         if count == 0:
