@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,14 @@ def photo_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(query, gallery) folders: 5 real photos, 1 edited query copy and 3 gallery copies each."""
     root = tmp_path_factory.mktemp("photos")
     return make_copy_detection_set(root, photos=SMALL_PHOTOS, gallery_copies=3, seed=1)
+
+
+@pytest.fixture()
+def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A private copy of the sample gallery, for tests that index it or change it."""
+    folder = tmp_path / "gallery"
+    shutil.copytree(photo_set[1], folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

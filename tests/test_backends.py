@@ -39,13 +39,6 @@ PROTOCOL = ("create", "load", "save", "add", "remove", "clear", "fill", "search"
 
 
 @pytest.fixture()
-def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
-    folder = tmp_path / "gallery"
-    shutil.copytree(photo_set[1], folder)
-    return folder
-
-
-@pytest.fixture()
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
     """A private copy of the backend table, so what a test registers is gone after it."""
     monkeypatch.setattr(backends, "BACKENDS", backends.BACKENDS.copy())

@@ -16,13 +16,6 @@ from lookalike.index import ExactIndex, FaissIndex, GalleryIndex, build_index, c
 OPTS = ExtractOptions(progress=False, use_cache=False, batch_size=4, num_workers=0)
 
 
-@pytest.fixture()
-def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
-    folder = tmp_path / "gallery"
-    shutil.copytree(photo_set[1], folder)
-    return folder
-
-
 def test_round_trip_and_search_equals_folder_search(
     photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path
 ) -> None:

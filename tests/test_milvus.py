@@ -60,13 +60,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-@pytest.fixture()
-def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
-    folder = tmp_path / "gallery"
-    shutil.copytree(photo_set[1], folder)
-    return folder
-
-
 def ranked_names(index: GalleryIndex, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
     rows, scores = index.search(queries, k)
     return [[index.names[r] for r in row if r >= 0] for row in rows], scores

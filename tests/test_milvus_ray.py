@@ -4,7 +4,6 @@ build without Ray, and an interrupted stream leaves the previous index in force 
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,13 +23,6 @@ from lookalike.extract import ExtractOptions  # noqa: E402
 from lookalike.index import GalleryIndex, MilvusIndex, build_index  # noqa: E402
 
 OPTS = ExtractOptions(progress=False, device="cpu", batch_size=4, num_workers=0)
-
-
-@pytest.fixture()
-def gallery(photo_set: tuple[Path, Path], tmp_path: Path) -> Path:
-    folder = tmp_path / "gallery"
-    shutil.copytree(photo_set[1], folder)
-    return folder
 
 
 @pytest.fixture()

