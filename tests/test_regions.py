@@ -10,7 +10,7 @@ import torch
 
 import lookalike
 from lookalike import ExtractOptions, ImageSet, InputError, create_extractor, embed
-from lookalike.features.regions import region_boxes, with_regions
+from lookalike.features.regions import rebuild_extractor, region_boxes, with_regions
 from lookalike.index import GalleryIndex
 from lookalike.index.regions import RegionIndex
 from lookalike.pipeline import Refinement
@@ -100,6 +100,16 @@ def test_regions_find_a_small_crop_better_than_the_whole_image(tmp_path: Path) -
     ).save(tmp_path / "g.index")
     with pytest.raises(InputError, match="holds one vector per image"):
         lookalike.search(query, tmp_path / "g.index", options=OPTS, refinement=Refinement(regions=2))
+
+
+def test_saved_region_options_rebuild_the_same_extractor() -> None:
+    """A saved index's model options give back the extractor that made its vectors; options saved
+    before ``region_upscale`` was recorded get the default upscale instead of failing."""
+    made = with_regions(create_extractor("pixels"), 2)
+    assert rebuild_extractor("pixels", made.options).key == made.key
+    assert rebuild_extractor("pixels", {"regions": 2}).key == made.key
+    assert rebuild_extractor("pixels", {"regions": 2, "region_upscale": 3}).key != made.key
+    assert rebuild_extractor("pixels", {}).key == create_extractor("pixels").key
 
 
 def test_an_index_of_regions_searches_as_the_folder_does(tmp_path: Path) -> None:

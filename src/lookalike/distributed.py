@@ -22,24 +22,11 @@ from tqdm import tqdm
 from .cache import FeatureCache, file_key
 from .errors import ImageError, InputError
 from .extract import Embeddings, ExtractOptions, Skipped, cached_row_fits, make_runner, resolve_device
-from .features import Extractor, create_extractor
+from .features import Extractor
+from .features.regions import rebuild_extractor
 from .images import ImageSet
 
 log = logging.getLogger("lookalike")
-
-
-def rebuild_extractor(name: str, options: dict[str, Any]) -> Extractor:
-    """The extractor ``name`` with ``options`` as :attr:`Extractor.options` holds them: region options
-    (``regions``, ``region_upscale``, set by :func:`~lookalike.features.regions.with_regions`) are
-    not the model's own, so the region wrapper is applied again on top of the plain model."""
-    from .features.regions import with_regions
-
-    options = dict(options)
-    levels, upscale = options.pop("regions", 0), options.pop("region_upscale", None)
-    extractor = create_extractor(name, **options)
-    if levels:
-        extractor = with_regions(extractor, levels) if upscale is None else with_regions(extractor, levels, upscale)
-    return extractor
 
 
 class EmbedActor:

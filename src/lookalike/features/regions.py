@@ -103,6 +103,19 @@ def with_regions(extractor: Extractor, levels: int, upscale: int = DEFAULT_UPSCA
     )
 
 
+def rebuild_extractor(name: str, options: dict) -> Extractor:
+    """The extractor ``name`` with ``options`` as :attr:`Extractor.options` holds them (a saved
+    index, a Ray worker): the region options set by :func:`with_regions` are not the model's own,
+    so the plain model is built and wrapped again; an index saved before ``region_upscale`` was
+    recorded gets the default (a different one then fails the caller's feature-key check)."""
+    from . import create_extractor
+
+    options = dict(options)
+    levels, upscale = options.pop("regions", 0), options.pop("region_upscale", None)
+    extractor = create_extractor(name, **options)
+    return with_regions(extractor, levels, DEFAULT_UPSCALE if upscale is None else upscale) if levels else extractor
+
+
 def region_count(levels: int) -> int:
     """How many regions ``levels`` gives (1, 5, 14, 30)."""
     return len(region_boxes(levels))

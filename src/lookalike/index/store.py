@@ -37,8 +37,8 @@ import numpy as np
 from ..cache import FeatureCache, file_key
 from ..errors import InputError, NothingToProcessError
 from ..extract import Embeddings, ExtractOptions, Skipped, embed
-from ..features import Extractor, create_extractor
-from ..features.regions import with_regions
+from ..features import Extractor
+from ..features.regions import rebuild_extractor, with_regions
 from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json_text, temporary_target
 from ..images import ImageSet
 from ..knn import full_rankings, rankings_with_head, topk
@@ -240,11 +240,7 @@ class GalleryIndex:
             return given
         if self.model.get("name") is None:
             raise InputError("this index was made from vectors without their model: it cannot embed images")
-        options = dict(self.model["options"])
-        levels, upscale = options.pop("regions", 0), options.pop("region_upscale", None)
-        extractor = create_extractor(self.model["name"], **options)
-        if levels:  # an index of region vectors (``build_index(regions=...)``)
-            extractor = with_regions(extractor, levels, upscale)
+        extractor = rebuild_extractor(self.model["name"], self.model["options"])  # regions wrapped again
         if extractor.key != _model_key(self.model):
             raise InputError(
                 f"{self.folder}: the model {self.model['name']!r} here no longer gives the features "
