@@ -151,6 +151,7 @@ def run(training_photos: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         workers=0,
         lr=3e-3,
         images_per_epoch=64,
+        paste=0.2,  # a tiny net from scratch learns the easier task within 4 epochs
         **SMALL,
     )
 
@@ -160,7 +161,7 @@ def test_selfsup_trains_on_unlabelled_images_and_searches(
 ) -> None:
     config = json.loads((run.run_dir / "config.json").read_text())
     assert config["method"] == "selfsup" and config["data"]["classes"] == []  # class folders ignored
-    assert config["augment"]["paste"] == CopyAugment().paste
+    assert config["augment"]["paste"] == 0.2 and config["augment"]["text"] == CopyAugment().text
     losses = [h["train_loss"] for h in run.history]
     val = [h["val_loss"] for h in run.history]
     assert len(losses) == 4 and losses[-1] < losses[0] and val[-1] < val[0] - 0.3, (losses, val)
@@ -203,6 +204,32 @@ def test_selfsup_refuses_label_options(training_photos: tuple[Path, Path], tmp_p
         train("selfsup", training_photos[1], tmp_path / "r", val_split="classes", **SMALL)
     with pytest.raises(InputError, match="images_per_epoch must be at least 1"):
         train("selfsup", training_photos[1], tmp_path / "r", images_per_epoch=0, **SMALL)
+
+
+def test_a_recipe_sets_defaults_that_options_override(
+    training_photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`-O recipe=classes`: milder crops, no copy edits, the pooled trunk searched; an option given
+    beside it still wins, and an unknown recipe is one line naming the known ones."""
+    kwargs = {**SMALL, "embed_dim": 12, "epochs": 1, "progress": False, "workers": 0, "images_per_epoch": 8}
+    run = train("selfsup", training_photos[1], tmp_path / "classes", recipe="classes", paste=0.3, **kwargs)
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["model_options"]["recipe"] == "classes" and config["model_options"]["features"] == "trunk"
+    assert (config["augment"]["crop"], config["augment"]["text"], config["augment"]["paste"]) == (0.5, 0.0, 0.3)
+    assert read_checkpoint(run.best)["feature_dim"] == 16 == create_extractor(str(run.best)).dim  # not 12
+    with pytest.raises(InputError, match="unknown recipe 'faces'; choose one of copies, classes"):
+        train("selfsup", training_photos[1], tmp_path / "bad", recipe="faces", **kwargs)
+
+
+def test_a_pretrained_trunk_trains_at_selfsup_own_rate() -> None:
+    """selfsup trains a pretrained trunk at 1e-3 (measured against 1e-4 and 3e-4), the supervised
+    methods at 1e-4 (their ImageNet features adapted, not overwritten)."""
+    from lookalike.training.methods import method_spec
+
+    selfsup, siamese = method_spec("selfsup"), method_spec("siamese")
+    assert selfsup.default_lr({"trunk": "efficientnet-lite0"}) == 1e-3
+    assert siamese.default_lr({"trunk": "efficientnet-lite0"}) == 1e-4
+    assert siamese.default_lr({"trunk": "efficientnet-lite0", "freeze_trunk": True}) == siamese.lr
 
 
 def test_too_few_images_is_one_clear_line(tmp_path: Path) -> None:

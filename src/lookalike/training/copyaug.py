@@ -29,8 +29,8 @@ PASTE_SCALE = (0.3, 0.7)  # side of the pasted view relative to the image it is 
 
 @dataclass(frozen=True)
 class CopyAugment:
-    """How each view of an image is edited. The defaults follow SSCD's recipe plus the DISC21 edits;
-    BENCHMARKS.md ("Self-supervised training") has the runs made with them.
+    """How each view of an image is edited. The defaults follow SSCD's recipe plus the DISC21 edits,
+    with the share of pasted views set by the ablation in BENCHMARKS.md ("Self-supervised training").
 
     ``crop``: random resized crop keeping at least this share of the area (0 = the whole image);
     ``flip``: horizontal flip with probability 1/2; ``rotate``: turn by up to this many degrees;
@@ -49,7 +49,7 @@ class CopyAugment:
     jpeg: float = 0.3
     text: float = 0.2
     shapes: float = 0.1
-    paste: float = 0.2
+    paste: float = 0.5
     noise: float = 0.0
 
     def __post_init__(self) -> None:

@@ -39,15 +39,19 @@ class MethodSpec:
     options: dict[str, Any]
     augment: Augment | CopyAugment = field(default_factory=Augment)
     lr: float = 1e-3
+    trunk_lr: float = 1e-4  # the rate when a pretrained trunk is trained (see default_lr)
     batch_size: int = 64
     epochs: int = 30
     uses_labels: bool = True  # False: class folders are ignored altogether (self-supervised)
+    # named sets of option defaults (``-O recipe=NAME``); the user's own options still win
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def default_lr(self, options: dict[str, Any]) -> float:
-        """The method's learning rate; a pretrained trunk that is being trained gets 1e-4 so its
-        ImageNet features are adapted rather than overwritten."""
+        """The method's learning rate; a pretrained trunk that is being trained gets ``trunk_lr``
+        (1e-4 for the supervised methods) so its ImageNet features are adapted rather than
+        overwritten."""
         if options.get("trunk", "small") != "small" and not options.get("freeze_trunk"):
-            return 1e-4
+            return self.trunk_lr
         return self.lr
 
     def resolve(self, given: dict[str, Any]) -> tuple[dict[str, Any], Augment, int | None]:
@@ -59,6 +63,13 @@ class MethodSpec:
             raise InputError(
                 f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        if self.recipes:
+            recipe = str(given.get("recipe", self.options["recipe"]))
+            if recipe not in self.recipes:
+                raise InputError(
+                    f"{self.name}: unknown recipe {recipe!r}; choose one of {', '.join(self.recipes)}"
+                )
+            given = {**self.recipes[recipe], **given, "recipe": recipe}
         given = {k: coerce_option(k, v, self.name) for k, v in given.items()}
         opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
         opts["image_size"] = _size_pair(opts["image_size"])
@@ -70,7 +81,18 @@ class MethodSpec:
 # The type of every method option, so values given as text (``-O freeze_trunk=false``) mean what they say.
 OPTION_TYPES: dict[str, Any] = {
     **dict.fromkeys(
-        ("trunk", "trunk_weights", "pool", "head", "loss", "features", "backbone", "backbone_weights"), str
+        (
+            "trunk",
+            "trunk_weights",
+            "pool",
+            "head",
+            "loss",
+            "features",
+            "backbone",
+            "backbone_weights",
+            "recipe",
+        ),
+        str,
     ),
     **dict.fromkeys(("freeze_trunk", "freeze_backbone", "batch_norm", "flip"), bool),
     **dict.fromkeys(
@@ -121,6 +143,22 @@ def _size_pair(value: Any) -> tuple[int, int]:
         raise InputError(f"image_size must be between 8 and 1024 pixels, got {h}x{w}")
     return h, w
 
+
+# selfsup's recipes: "copies" (the defaults: the same picture edited, as SSCD and DISC21) and
+# "classes" (the same kind of thing: milder crops, no copy edits, the pooled trunk searched), each
+# measured in BENCHMARKS.md ("Self-supervised training").
+SELFSUP_RECIPES: dict[str, dict[str, Any]] = {
+    "copies": {},
+    "classes": {
+        "crop": 0.5,
+        "rotate": 10.0,
+        "jpeg": 0.0,
+        "text": 0.0,
+        "shapes": 0.0,
+        "paste": 0.0,
+        "features": "trunk",
+    },
+}
 
 METHODS: dict[str, MethodSpec] = {
     "siamese": MethodSpec(
@@ -198,6 +236,7 @@ METHODS: dict[str, MethodSpec] = {
         False,
         build_selfsup,
         {
+            "recipe": "copies",
             "trunk": "efficientnet-lite0",
             "trunk_weights": None,
             "train_blocks": 3,
@@ -214,9 +253,11 @@ METHODS: dict[str, MethodSpec] = {
         },
         CopyAugment(),
         lr=1e-3,
+        trunk_lr=1e-3,  # measured against 1e-4 and 3e-4 on disc-copies (BENCHMARKS.md)
         batch_size=32,
         epochs=10,
         uses_labels=False,
+        recipes=SELFSUP_RECIPES,
     ),
 }
 
