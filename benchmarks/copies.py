@@ -1,6 +1,7 @@
 """Copy detection on the hard sets: every option alone and combined, with the time per query.
 
     python benchmarks/copies.py [--sets crop-copies disc-copies] [--rows NAME ...]
+                                [--selfsup CHECKPOINT [--selfsup-set SET]]
 
 `crop-copies` (``lookalike.samples.make_crop_copy_set``, seed 0: queries are 20-35% area crops,
 turned up to 30 degrees, scaled to 0.35, recoloured, JPEG quality 15, among 400 distractors) and
@@ -10,7 +11,10 @@ figures are top-1, mAP and µAP (pairs of the top-10 lists pooled over all queri
 time per query (k-NN, regions, verification: everything after the features) and the extraction
 time per image of the configuration's features (measured where its features were not cached yet;
 a region configuration extracts every region). Writes benchmarks/out/copies.json and prints a
-Markdown table.
+Markdown table. ``--selfsup`` adds the rows of a `lookalike train selfsup` checkpoint (trained on
+the set's own gallery, as `benchmarks/selfsup.py` does) alone and with each search-time option;
+``--selfsup-set`` names the one set it was trained for (a gallery-trained model is searched only
+on its own set).
 """
 
 from __future__ import annotations
@@ -80,6 +84,16 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
 }
 
 
+SELFSUP_ROWS: dict[str, dict] = {
+    "": {},
+    " + score norm k=10": {"score_norm": 10},
+    " + whitening 128": COPIES_STEPS,
+    " + whitening 128 + score norm k=10": {**COPIES_STEPS, "score_norm": 10},
+    " + regions 3 + query regions": {"regions": 3, "query_regions": True},
+    " + sift, top 100": {"rerank": "sift", "rerank_top": 100},
+}
+
+
 def build(name: str, tmp: Path) -> tuple[Path, Path]:
     if name == "crop-copies":
         return make_crop_copy_set(tmp / "crop", seed=0)
@@ -101,9 +115,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sets", nargs="+", default=["crop-copies", "disc-copies"])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument(
+        "--rows", nargs="+", default=None, help="Default: every row (with --selfsup: its own rows)."
+    )
     parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the cache here.")
+    parser.add_argument("--selfsup", type=Path, default=None, help="A selfsup checkpoint: add its rows.")
+    parser.add_argument("--selfsup-set", default=None, help="The set the checkpoint was trained on.")
     args = parser.parse_args()
+    if args.selfsup is not None:
+        if args.selfsup_set:
+            args.sets = [args.selfsup_set]
+        for suffix, steps in SELFSUP_ROWS.items():
+            ROWS[f"selfsup{suffix}"] = (str(args.selfsup), {}, steps)
+    rows = args.rows if args.rows is not None else ([] if args.selfsup else list(ROWS))
+    if args.selfsup is not None and not any(r.startswith("selfsup") for r in rows):
+        rows += [f"selfsup{suffix}" for suffix in SELFSUP_ROWS]  # --rows "selfsup + ..." picks some
+    args.rows = rows
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)
