@@ -11,8 +11,9 @@ figures are top-1, mAP and µAP (pairs of the top-10 lists pooled over all queri
 time per query (k-NN, regions, verification: everything after the features) and the extraction
 time per image of the configuration's features (measured where its features were not cached yet;
 a region configuration extracts every region). Writes benchmarks/out/copies.json and prints a
-Markdown table. ``--selfsup`` adds the rows of a `lookalike train selfsup` checkpoint (trained on
-the set's own gallery, as `benchmarks/selfsup.py` does) alone and with each search-time option;
+Markdown table. ``--selfsup`` runs the rows of a `lookalike train selfsup` checkpoint (trained on
+the set's own gallery, as `benchmarks/selfsup.py` does) alone and with each search-time option,
+instead of the default rows (``--rows`` picks among both), into benchmarks/out/copies-selfsup.json;
 ``--selfsup-set`` names the one set it was trained for (a gallery-trained model is searched only
 on its own set).
 """
@@ -120,8 +121,12 @@ def main() -> None:
     )
     parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the cache here.")
     parser.add_argument("--selfsup", type=Path, default=None, help="A selfsup checkpoint: add its rows.")
-    parser.add_argument("--selfsup-set", default=None, help="The set the checkpoint was trained on.")
+    parser.add_argument(
+        "--selfsup-set", choices=["crop-copies", "disc-copies"], help="The set the checkpoint was trained on."
+    )
     args = parser.parse_args()
+    if args.selfsup_set and args.selfsup is None:
+        parser.error("--selfsup-set names the set of --selfsup CHECKPOINT: give --selfsup too")
     if args.selfsup is not None:
         if args.selfsup_set:
             args.sets = [args.selfsup_set]
@@ -163,7 +168,8 @@ def main() -> None:
                 )
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / "copies.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    name = "copies-selfsup.json" if args.selfsup else "copies.json"  # keep the full run's results
+    (out / name).write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(
         "\n| configuration | " + " | ".join(f"{s} top-1 | mAP | µAP | search ms/q" for s in args.sets) + " |"
     )

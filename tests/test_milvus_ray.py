@@ -20,6 +20,7 @@ import lookalike.distributed as distributed  # noqa: E402
 import lookalike.index.milvus as milvus_module  # noqa: E402
 from lookalike.cli import app  # noqa: E402
 from lookalike.extract import ExtractOptions  # noqa: E402
+from lookalike.features import create_extractor  # noqa: E402
 from lookalike.index import GalleryIndex, MilvusIndex, build_index  # noqa: E402
 
 OPTS = ExtractOptions(progress=False, device="cpu", batch_size=4, num_workers=0)
@@ -182,7 +183,7 @@ def test_a_region_build_on_ray_gives_the_region_vectors_of_one_without(gallery: 
     on_ray, emb = build_index(
         gallery, tmp_path / "ray.index", model="pixels", regions=2, options=OPTS, ray_address="local"
     )
-    base = distributed.create_extractor("pixels").dim
+    base = create_extractor("pixels").dim
     assert emb.n_extracted == len(plain) == 15 and on_ray.vectors.shape == (15, 5 * base)
     assert on_ray.names == plain.names and on_ray.model["options"]["regions"] == 2
     np.testing.assert_allclose(np.asarray(on_ray.vectors), np.asarray(plain.vectors), atol=1e-5)

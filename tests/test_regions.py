@@ -103,8 +103,8 @@ def test_regions_find_a_small_crop_better_than_the_whole_image(tmp_path: Path) -
 
 
 def test_saved_region_options_rebuild_the_same_extractor() -> None:
-    """A saved index's model options give back the extractor that made its vectors; options saved
-    before ``region_upscale`` was recorded get the default upscale instead of failing."""
+    """A saved index's model options give back the extractor that made its vectors; options
+    without ``region_upscale`` get the default upscale instead of failing."""
     made = with_regions(create_extractor("pixels"), 2)
     assert rebuild_extractor("pixels", made.options).key == made.key
     assert rebuild_extractor("pixels", {"regions": 2}).key == made.key

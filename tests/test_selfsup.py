@@ -219,6 +219,12 @@ def test_a_recipe_sets_defaults_that_options_override(
     assert read_checkpoint(run.best)["feature_dim"] == 16 == create_extractor(str(run.best)).dim  # not 12
     with pytest.raises(InputError, match="unknown recipe 'faces'; choose one of copies, classes"):
         train("selfsup", training_photos[1], tmp_path / "bad", recipe="faces", **kwargs)
+    from dataclasses import replace
+
+    from lookalike.training.methods import method_spec
+
+    with pytest.raises(InputError, match="unknown: bogus"):  # a plug-in's recipe is checked up front
+        replace(method_spec("selfsup"), recipes={"mine": {"bogus": 1}})
 
 
 def test_a_pretrained_trunk_trains_at_selfsup_own_rate() -> None:

@@ -183,6 +183,8 @@ def test_resume_refuses_other_settings_and_runs_are_not_overwritten(
         train("vae", photos[1], tmp_path / "run", epochs=1, **FAST)
     with pytest.raises(InputError, match="cannot resume"):
         train("vae", photos[1], tmp_path / "run", epochs=2, resume=True, beta=4.0, **FAST)
+    with pytest.raises(InputError, match=r"training settings differ .*\(lr: 0\.001 then, 0\.002 now\)"):
+        train("vae", photos[1], tmp_path / "run", epochs=2, resume=True, lr=2e-3, **FAST)
     again = train("vae", photos[1], tmp_path / "run", epochs=1, overwrite=True, **FAST)
     assert again.epochs_run == 1
 

@@ -106,8 +106,8 @@ def with_regions(extractor: Extractor, levels: int, upscale: int = DEFAULT_UPSCA
 def rebuild_extractor(name: str, options: dict) -> Extractor:
     """The extractor ``name`` with ``options`` as :attr:`Extractor.options` holds them (a saved
     index, a Ray worker): the region options set by :func:`with_regions` are not the model's own,
-    so the plain model is built and wrapped again; an index saved before ``region_upscale`` was
-    recorded gets the default (a different one then fails the caller's feature-key check)."""
+    so the plain model is built and wrapped again (options without ``region_upscale``, as a
+    plug-in or a hand-made manifest may give, get the default)."""
     from . import create_extractor
 
     options = dict(options)

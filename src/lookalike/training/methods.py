@@ -46,6 +46,17 @@ class MethodSpec:
     # named sets of option defaults (``-O recipe=NAME``); the user's own options still win
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.recipes:
+            return
+        known = set(self.options) | {f.name for f in fields(self.augment)}
+        unknown = sorted({k for values in self.recipes.values() for k in values} - known)
+        if "recipe" not in self.options or unknown:  # a plug-in's method spec, checked when registered
+            raise InputError(
+                f"training method {self.name!r}: recipes need a 'recipe' default in options and may set "
+                f"only its options{'; unknown: ' + ', '.join(unknown) if unknown else ''}"
+            )
+
     def default_lr(self, options: dict[str, Any]) -> float:
         """The method's learning rate; a pretrained trunk that is being trained gets ``trunk_lr``
         (1e-4 for the supervised methods) so its ImageNet features are adapted rather than

@@ -267,19 +267,20 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
             f"{run_dir}: cannot resume: it trains {before.get('method')!r}, not {current['method']!r}"
         )
     defaults = json.loads(json.dumps(method_spec(current["method"]).options))
-    for key, base in (("model_options", defaults), ("augment", {})):
-        old = {**base, **before.get(key, {})}
-        changed = sorted(k for k in set(old) | set(current[key]) if old.get(k) != current[key].get(k))
-        if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} then, {current[key].get(k)!r} now" for k in changed)
-            raise InputError(f"{run_dir}: cannot resume: {key} differ from the saved run's ({detail})")
     saved_train = {**asdict(TrainConfig()), **before.get("train", {})}  # settings added since: defaults
-    train_before = {k: v for k, v in saved_train.items() if k != "epochs"}
     train_now = {k: v for k, v in current["train"].items() if k != "epochs"}
-    if train_before != train_now:
-        raise InputError(
-            f"{run_dir}: cannot resume: training settings differ from the saved run's ({train_before})"
-        )
+    for key, old, now in (
+        ("model_options", {**defaults, **before.get("model_options", {})}, current["model_options"]),
+        ("augment", before.get("augment", {}), current["augment"]),
+        ("training settings", {k: v for k, v in saved_train.items() if k != "epochs"}, train_now),
+    ):
+        changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        if changed:  # name each setting, so a default changed since the run can be given back (--lr 1e-4)
+            detail = ", ".join(f"{k}: {old.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+            raise InputError(
+                f"{run_dir}: cannot resume: {key} differ from the saved run's ({detail}); "
+                "give the saved values to continue it"
+            )
     if before.get("data", {}).get("val_files") != current["data"]["val_files"]:
         raise InputError(
             f"{run_dir}: cannot resume: the training or validation images are not the same as before"
