@@ -90,6 +90,7 @@ SELFSUP_ROWS: dict[str, dict] = {
     " + score norm k=10": {"score_norm": 10},
     " + whitening 128": COPIES_STEPS,
     " + whitening 128 + score norm k=10": {**COPIES_STEPS, "score_norm": 10},
+    " + whitening, all dimensions": {"whiten": True},
     " + regions 3 + query regions": {"regions": 3, "query_regions": True},
     " + sift, top 100": {"rerank": "sift", "rerank_top": 100},
 }
