@@ -128,15 +128,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.selfsup_set and args.selfsup is None:
         parser.error("--selfsup-set names the set of --selfsup CHECKPOINT: give --selfsup too")
-    if args.selfsup is not None:
-        if args.selfsup_set:
-            args.sets = [args.selfsup_set]
-        for suffix, steps in SELFSUP_ROWS.items():
-            ROWS[f"selfsup{suffix}"] = (str(args.selfsup), {}, steps)
-    rows = args.rows if args.rows is not None else ([] if args.selfsup else list(ROWS))
-    if args.selfsup is not None and not any(r.startswith("selfsup") for r in rows):
-        rows += [f"selfsup{suffix}" for suffix in SELFSUP_ROWS]  # --rows "selfsup + ..." picks some
-    args.rows = rows
+    if args.selfsup is None:
+        args.rows = args.rows or list(ROWS)
+    else:
+        args.sets = [args.selfsup_set] if args.selfsup_set else args.sets
+        own = {f"selfsup{suffix}": (str(args.selfsup), {}, steps) for suffix, steps in SELFSUP_ROWS.items()}
+        ROWS.update(own)
+        args.rows = args.rows or []
+        if not any(r in own for r in args.rows):  # --rows "selfsup + ..." picks some of them
+            args.rows += list(own)
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)

@@ -4,6 +4,7 @@ a partly frozen pretrained trunk, and a checkpoint that searches like any model 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from lookalike.training import train
 from lookalike.training.copyaug import CopyAugment, TwoViews, paste_into
 from lookalike.training.data import MemoryStore
 from lookalike.training.losses import koleo, nt_xent
-from lookalike.training.methods import build_model
+from lookalike.training.methods import build_model, method_spec
 from lookalike.training.models import freeze_early, trunk_blocks
 
 SMALL_OPTIONS = {"trunk": "small", "channels": [8, 16], "image_size": 32, "embed_dim": 16}
@@ -219,10 +220,6 @@ def test_a_recipe_sets_defaults_that_options_override(
     assert read_checkpoint(run.best)["feature_dim"] == 16 == create_extractor(str(run.best)).dim  # not 12
     with pytest.raises(InputError, match="unknown recipe 'faces'; choose one of copies, classes"):
         train("selfsup", training_photos[1], tmp_path / "bad", recipe="faces", **kwargs)
-    from dataclasses import replace
-
-    from lookalike.training.methods import method_spec
-
     with pytest.raises(InputError, match="unknown: bogus"):  # a plug-in's recipe is checked up front
         replace(method_spec("selfsup"), recipes={"mine": {"bogus": 1}})
 
@@ -230,8 +227,6 @@ def test_a_recipe_sets_defaults_that_options_override(
 def test_a_pretrained_trunk_trains_at_selfsup_own_rate() -> None:
     """selfsup trains a pretrained trunk at 1e-3 (measured against 1e-4 and 3e-4), the supervised
     methods at 1e-4 (their ImageNet features adapted, not overwritten)."""
-    from lookalike.training.methods import method_spec
-
     selfsup, siamese = method_spec("selfsup"), method_spec("siamese")
     assert selfsup.default_lr({"trunk": "efficientnet-lite0"}) == 1e-3
     assert siamese.default_lr({"trunk": "efficientnet-lite0"}) == 1e-4

@@ -49,8 +49,7 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if not self.recipes:
             return
-        known = set(self.options) | {f.name for f in fields(self.augment)}
-        unknown = sorted({k for values in self.recipes.values() for k in values} - known)
+        unknown = sorted({k for values in self.recipes.values() for k in values} - self.known_options())
         if "recipe" not in self.options or unknown:  # a plug-in's method spec, checked when registered
             raise InputError(
                 f"training method {self.name!r}: recipes need a 'recipe' default in options and may set "
@@ -65,10 +64,15 @@ class MethodSpec:
             return self.trunk_lr
         return self.lr
 
+    def known_options(self) -> set[str]:
+        """Every option name the method takes: its model options, its augmentation's fields and,
+        where labels are used, ``max_per_class``."""
+        label_options = {"max_per_class"} if self.uses_labels else set()
+        return set(self.options) | {f.name for f in fields(self.augment)} | label_options
+
     def resolve(self, given: dict[str, Any]) -> tuple[dict[str, Any], Augment, int | None]:
         """(model options, augmentation, max_per_class) from the defaults and the user's options."""
-        augment_keys = {f.name for f in fields(self.augment)}
-        known = set(self.options) | augment_keys | ({"max_per_class"} if self.uses_labels else set())
+        known = self.known_options()
         unknown = sorted(set(given) - known)
         if unknown:
             raise InputError(
@@ -84,7 +88,7 @@ class MethodSpec:
         given = {k: coerce_option(k, v, self.name) for k, v in given.items()}
         opts = {**self.options, **{k: v for k, v in given.items() if k in self.options}}
         opts["image_size"] = _size_pair(opts["image_size"])
-        aug = {k: given[k] for k in augment_keys & set(given)}
+        aug = {k: given[k] for k in {f.name for f in fields(self.augment)} & set(given)}
         augment = replace(self.augment, **aug)
         return opts, augment, given.get("max_per_class")
 
