@@ -46,6 +46,49 @@ def test_whitening_decorrelates_and_round_trips(tmp_path: Path) -> None:
     np.testing.assert_allclose(PCAWhitening.load(tmp_path / "w.npz").transform(x), reduced.transform(x))
 
 
+def test_whitening_of_fewer_vectors_than_dimensions_uses_the_same_axes() -> None:
+    from lookalike.errors import InputError
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 300)) @ rng.normal(size=(300, 300)) + 2.0  # n < d: the Gram-matrix path
+    queries = rng.normal(size=(6, 300))
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False))  # the d x d covariance, by hand
+    order = np.argsort(values)[::-1][:39]  # rank n - 1
+    for dim, shrinkage in ((None, 0.0), (10, 10.0)):
+        w = PCAWhitening(dim, shrinkage).fit(x)
+        kept = order[: dim or 39]
+        projection = vectors[:, kept] / np.sqrt(values[kept] + shrinkage * values[kept].mean())
+        assert w.projection.shape == projection.shape
+        by_hand = l2_normalise((queries - x.mean(0)) @ projection) @ l2_normalise((x - x.mean(0)) @ projection).T
+        np.testing.assert_allclose(w.transform(queries) @ w.transform(x).T, by_hand, atol=1e-5)
+    with pytest.raises(InputError, match="all 5 are the same"):
+        PCAWhitening().fit(np.ones((5, 10)))
+
+
+def test_whitening_shrinkage_tempers_each_axis_and_is_checked() -> None:
+    from lookalike.errors import InputError
+    from lookalike.steps import Postprocess
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 5)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2]) + 1.0  # axis-aligned variances
+    for shrinkage in (0.1, 1.0, 10.0):
+        w = PCAWhitening(shrinkage=shrinkage).fit(x)
+        variances = np.sort(np.var(x, axis=0, ddof=1))[::-1]
+        kept = np.var((x - w.mean) @ w.projection, axis=0, ddof=1)
+        # each axis keeps variance v / (v + shrinkage * mean v): near 1 for small shrinkage, ~v/s for large
+        np.testing.assert_allclose(kept, variances / (variances + shrinkage * variances.mean()), rtol=0.02)
+    steps = Postprocess(whiten=True, whiten_dim=3, whiten_shrinkage=0.1).fit(x)
+    assert steps.whitening is not None and steps.whitening.shrinkage == 0.1
+    assert steps.describe() == {"whiten": {"dim": 3, "shrinkage": 0.1}}
+    with pytest.raises(InputError, match="--whiten-shrinkage needs --whiten"):
+        Postprocess(whiten_shrinkage=1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="--whiten-shrinkage must be a finite number"):
+            Postprocess(whiten=True, whiten_shrinkage=bad)
+        with pytest.raises(InputError, match="--whiten-shrinkage"):
+            PCAWhitening(shrinkage=bad)
+
+
 def test_alpha_qe_identity_cases_and_by_hand() -> None:
     rng = np.random.default_rng(1)
     q, g = l2_normalise(rng.normal(size=(4, 8))), l2_normalise(rng.normal(size=(30, 8)))

@@ -289,6 +289,8 @@ def test_search_help_shows_the_whole_first_line() -> None:
         (["search", "Q", "G", "--max-pixels", "0"], "--max-pixels"),
         (["search", "Q", "G", "--whiten-dim", "8"], "--whiten-dim"),
         (["search", "Q", "G", "-m", "pixels", "--whiten", "--whiten-dim", "99999"], "--whiten-dim"),
+        (["search", "Q", "G", "--whiten", "--whiten-shrinkage", "-1"], "--whiten-shrinkage"),
+        (["search", "Q", "G", "-m", "pixels", "--whiten-shrinkage", "1"], "--whiten-shrinkage needs --whiten"),
         (["search", "Q", "G", "-o", "DIR"], "-o"),
         (["search", "Q", "G", "--rerank", "magic"], "re-ranking"),
         (["index", "build", "G", "-o", "OUT", "--batch-size", "0"], "--batch-size"),

@@ -22,7 +22,7 @@ from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, accepts, evaluate_rankings, is_higher_better
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .steps import Postprocess, ScoreNormalisation
+from .steps import DEFAULT_SHRINKAGE, Postprocess, ScoreNormalisation
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -355,8 +355,8 @@ def gallery_side(
 @dataclass
 class Refinement(Postprocess):
     """Optional steps between features and ranking, in this order: PCA whitening fitted on the
-    gallery (``whiten``, ``whiten_dim``), database-side augmentation (``dba`` = k), alpha query
-    expansion (``qe`` = k; both weight neighbours by similarity^``alpha``) — the
+    gallery (``whiten``, ``whiten_dim``, ``whiten_shrinkage``), database-side augmentation (``dba``
+    = k), alpha query expansion (``qe`` = k; both weight neighbours by similarity^``alpha``) — the
     :class:`~lookalike.steps.Postprocess` steps, fitted at search time — then re-ranking of
     each query's top ``rerank_top`` by a registered re-ranker (``rerank``: k-reciprocal with
     ``k1``, ``k2``, ``lambda_value``, or spatial verification). Anything that changes vectors
@@ -438,7 +438,9 @@ class Refinement(Postprocess):
         gallery = np.asarray(gallery)
         if not (self.whiten or self.dba or self.qe):
             return None, gallery, False
-        steps = Postprocess(self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha).fit(gallery)
+        steps = Postprocess(
+            self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha, self.whiten_shrinkage
+        ).fit(gallery)
         changed = bool(self.whiten or self.dba)
         return steps, (steps.gallery(gallery) if changed else gallery), changed
 
@@ -523,12 +525,13 @@ class GallerySide:
         post = self.index.post
         changes: dict[str, Any] = {}
         if refine.whiten and post.whiten:
-            if refine.whiten_dim != post.whiten_dim:
+            if (refine.whiten_dim, refine.whiten_shrinkage) != (post.whiten_dim, post.whiten_shrinkage):
                 raise InputError(
-                    f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, fitted "
-                    f"at build); drop --whiten from the search, give the same --whiten-dim, or rebuild the index"
+                    f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, "
+                    f"shrinkage {post.whiten_shrinkage:g}, fitted at build); drop --whiten from the search, "
+                    "give the same --whiten-dim and --whiten-shrinkage, or rebuild the index"
                 )
-            changes.update(whiten=False, whiten_dim=None)
+            changes.update(whiten=False, whiten_dim=None, whiten_shrinkage=DEFAULT_SHRINKAGE)
         if refine.dba and post.dba:
             if (refine.dba, refine.alpha) != (post.dba, post.alpha):
                 raise InputError(

@@ -26,6 +26,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 log = logging.getLogger("lookalike")
 BLOCK = 65_536  # rows converted to float64 at a time
+DEFAULT_SHRINKAGE = 10.0  # --whiten without --whiten-shrinkage (BENCHMARKS.md has the measurements)
 LARGE_DBA = 200_000  # above this many vectors, DBA's exact k-NN over the gallery gets a warning
 
 
@@ -45,19 +46,27 @@ def check_whiten_dim(whiten_dim: int | None, feature_dim: int) -> None:
         )
 
 
+def check_shrinkage(shrinkage: float) -> None:
+    """Refuse a shrinkage that is not a finite number of at least 0."""
+    if isinstance(shrinkage, bool) or not (math.isfinite(float(shrinkage)) and float(shrinkage) >= 0):
+        raise InputError(f"--whiten-shrinkage must be a finite number of at least 0, got {shrinkage}")
+
+
 class PCAWhitening:
     """PCA whitening with optional dimension reduction, fitted on (gallery) features.
 
     ``transform`` centres, projects on the top ``dim`` principal axes, divides each by the square
     root of its variance plus ``shrinkage`` times the mean variance, and L2-normalises, so cosine
     similarity applies again. Fitted on a gallery of a few hundred or thousand images, full
-    whitening (shrinkage near 0) amplifies noise axes and hurts; the default of 10 only tempers
-    the dominant axes (BENCHMARKS.md has the measurements behind it).
+    whitening (shrinkage near 0) at full dimension amplifies noise axes and hurts; the default of
+    10 only tempers the dominant axes. Cut to a few dozen dimensions, where no noise axis is left,
+    a small shrinkage is best for copies (BENCHMARKS.md has the measurements behind both).
     """
 
-    def __init__(self, dim: int | None = None, shrinkage: float = 10.0) -> None:
+    def __init__(self, dim: int | None = None, shrinkage: float = DEFAULT_SHRINKAGE) -> None:
         if dim is not None and dim < 1:
             raise InputError(f"whitening dimension must be positive, got {dim}")
+        check_shrinkage(shrinkage)
         self.dim, self.shrinkage = dim, float(shrinkage)
         self.mean: np.ndarray | None = None
         self.projection: np.ndarray | None = None
@@ -70,19 +79,33 @@ class PCAWhitening:
         check_whiten_dim(self.dim, x.shape[1])
         # float64 sums over blocks: a million 512-d vectors never get a float64 copy of their own
         self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
-        cov = np.zeros((x.shape[1], x.shape[1]))
-        for block in _blocks(x):
-            centred = block - self.mean
-            cov += centred.T @ centred
-        cov /= len(x) - 1
-        values, vectors = np.linalg.eigh(cov)
+        values, vectors = self._principal_axes(x)
         order = np.argsort(values)[::-1]
-        rank = int(np.sum(values > values.max() * 1e-10))
+        rank = int(np.sum(values > values.max() * 1e-10)) if len(values) and values.max() > 0 else 0
+        if rank == 0:
+            raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
         keep = min(self.dim or rank, rank)
         values, vectors = values[order][:keep], vectors[:, order][:, :keep]
         values = values + self.shrinkage * values.mean()
         self.projection = vectors / np.sqrt(values)
         return self
+
+    def _principal_axes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues and unit eigenvectors (columns) of the covariance of ``x`` about ``self.mean``.
+        With fewer vectors than dimensions (a small gallery of 3,072-d pixels or region vectors),
+        the same non-zero axes come from the n x n Gram matrix, far cheaper than the d x d one."""
+        n, d = x.shape
+        if n <= d:
+            centred = np.asarray(x, dtype=np.float64) - self.mean
+            values, u = np.linalg.eigh(centred @ centred.T / (n - 1))
+            keep = values > max(values.max(), 0.0) * 1e-10
+            values = values[keep]
+            return values, centred.T @ u[:, keep] / np.sqrt(values * (n - 1))
+        cov = np.zeros((d, d))
+        for block in _blocks(x):
+            centred = block - self.mean
+            cov += centred.T @ centred
+        return np.linalg.eigh(cov / (n - 1))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised float32 rows."""
@@ -166,14 +189,16 @@ class Postprocess:
     whitening on the gallery's raw vectors; ``gallery`` gives the searchable gallery (whitened,
     then each vector augmented by its ``dba`` neighbours); ``queries`` gives queries in that space
     (whitened, then expanded by their ``qe`` nearest processed gallery vectors). Neighbours are
-    weighted by similarity^``alpha``. The search-time steps (``Refinement``) and those stored with
-    an index (``IndexPostprocess``) are both this class."""
+    weighted by similarity^``alpha``; ``whiten_shrinkage`` is :class:`PCAWhitening`'s. The
+    search-time steps (``Refinement``) and those stored with an index (``IndexPostprocess``) are
+    both this class."""
 
     whiten: bool = False
     whiten_dim: int | None = None
     dba: int = 0
     qe: int = 0
     alpha: float = 3.0
+    whiten_shrinkage: float = DEFAULT_SHRINKAGE
     whitening: PCAWhitening | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +208,9 @@ class Postprocess:
             raise InputError("--whiten-dim needs --whiten")
         if self.whiten_dim is not None and self.whiten_dim < 1:
             raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
+        check_shrinkage(self.whiten_shrinkage)
+        if self.whiten_shrinkage != DEFAULT_SHRINKAGE and not self.whiten:
+            raise InputError("--whiten-shrinkage needs --whiten")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise InputError(f"--alpha must be a finite number of at least 0, got {self.alpha}")
 
@@ -199,7 +227,7 @@ class Postprocess:
     def fit(self, raw: np.ndarray) -> Postprocess:
         """Fit the whitening on the gallery's raw vectors (DBA and QE have nothing to fit)."""
         if self.whiten:
-            self.whitening = PCAWhitening(self.whiten_dim).fit(np.asarray(raw))
+            self.whitening = PCAWhitening(self.whiten_dim, self.whiten_shrinkage).fit(np.asarray(raw))
         return self
 
     def whitened(self, x: np.ndarray) -> np.ndarray:
@@ -243,7 +271,7 @@ class Postprocess:
         """The active steps and their parameters (empty when none is on)."""
         out: dict[str, Any] = {}
         if self.whiten:
-            out["whiten"] = {"dim": self.whiten_dim}
+            out["whiten"] = {"dim": self.whiten_dim, "shrinkage": self.whiten_shrinkage}
         if self.dba:
             out["dba"] = {"k": self.dba, "alpha": self.alpha}
         if self.qe:

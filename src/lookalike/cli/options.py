@@ -76,6 +76,15 @@ STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
         None,
     ),
     "whiten_dim": (_opt(int | None, "--whiten-dim", min=1, help="Keep this many whitened dimensions."), None),
+    "whiten_shrinkage": (
+        _opt(
+            float | None,
+            "--whiten-shrinkage",
+            min=0.0,
+            help="Whitening: add this many times the mean variance to each axis's (default 10).",
+        ),
+        None,
+    ),
     "dba": (
         _opt(int | None, "--dba", min=0, help="Database-side augmentation with K neighbours; 0 = off."),
         None,

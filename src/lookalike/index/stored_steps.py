@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..steps import PCAWhitening, Postprocess
+from ..steps import DEFAULT_SHRINKAGE, PCAWhitening, Postprocess
 
 
 @dataclass
 class IndexPostprocess(Postprocess):
-    """The gallery-side steps stored with an index: whitening (``whiten``, ``whiten_dim``), then
-    DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 = off). Query expansion
-    needs the query, so it stays a search-time step."""
+    """The gallery-side steps stored with an index: whitening (``whiten``, ``whiten_dim``,
+    ``whiten_shrinkage``), then DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 =
+    off). Query expansion needs the query, so it stays a search-time step."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +50,7 @@ class IndexPostprocess(Postprocess):
         post = cls(
             whiten=whiten is not None,
             whiten_dim=(whiten or {}).get("requested_dim", (whiten or {}).get("dim")),
+            whiten_shrinkage=float((whiten or {}).get("shrinkage", DEFAULT_SHRINKAGE)),
             dba=int(dba.get("k", 0)),
             alpha=float(dba.get("alpha", 3.0)),
         )
