@@ -123,11 +123,12 @@ def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("spec", ["flat", "hnsw", "ivfpq"])
 def test_faiss_backends_agree_with_exact(spec: str, tmp_path: Path) -> None:
-    data = _clustered(3000, 32)
+    dim = 8 if spec == "ivfpq" else 32  # PQ trains one codebook per sub-vector, ~1.3 s each here: PQ8
+    data = _clustered(3000, dim)
     ids = np.arange(100, 3100)
-    exact = ExactIndex(32)
+    exact = ExactIndex(dim)
     exact.add(data, ids)
-    approx = create_backend(spec, 32, "cosine", len(data))
+    approx = create_backend(spec, dim, "cosine", len(data))
     assert isinstance(approx, FaissIndex)
     approx.add(data, ids)
     queries = data[:200]
@@ -136,7 +137,7 @@ def test_faiss_backends_agree_with_exact(spec: str, tmp_path: Path) -> None:
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(a_ids, e_ids, strict=True)])
     assert recall >= (0.999 if spec == "flat" else 0.8)
     assert approx.save(tmp_path, 7) == [tmp_path / "backend-7.bin"]
-    loaded = FaissIndex.load(approx.spec, tmp_path, 7, 32, "cosine", data, ids)
+    loaded = FaissIndex.load(approx.spec, tmp_path, 7, dim, "cosine", data, ids)
     np.testing.assert_array_equal(loaded.search(queries, 10)[0], a_ids)
     approx.remove(ids[:50])
     assert len(approx) == 2950 and not np.isin(approx.search(queries[:50], 5)[0], ids[:50]).any()
@@ -198,6 +199,30 @@ def test_whitening_and_dba_stored_with_the_index(
     grown.remove_paths(["coffee/extra.jpg"])
     assert GalleryIndex.open(target).search_vectors.shape == (15, 8)
     assert json.loads((target / "lookalike-index.json").read_text())["version"] == 2
+
+
+def test_the_whitening_shrinkage_is_stored_with_the_index(
+    photo_set: tuple[Path, Path], gallery: Path, tmp_path: Path
+) -> None:
+    from lookalike.index.stored_steps import IndexPostprocess
+    from lookalike.pipeline import Refinement
+
+    target = tmp_path / "s.index"
+    post = IndexPostprocess(whiten=True, whiten_dim=8, whiten_shrinkage=0.5)
+    build_index(gallery, target, model="pixels", options=OPTS, postprocess=post, backend="flat")
+    index = GalleryIndex.open(target)
+    assert index.post.whiten_shrinkage == 0.5 and index.post.whitening.shrinkage == 0.5
+    refine = Refinement(whiten=True, whiten_dim=8, whiten_shrinkage=0.5)
+    from_folder = search(photo_set[0], gallery, model="pixels", k=5, options=OPTS, refinement=refine)
+    # the same steps given again are not run twice, and give what fitting them on the folder gives
+    from_index = search(photo_set[0], target, k=5, options=OPTS, refinement=refine)
+    assert from_index.to_json() == from_folder.to_json()
+    np.testing.assert_allclose(from_index.scores, from_folder.scores, atol=1e-5)
+    raw = np.asarray(index.vectors)  # the default shrinkage would have stored other vectors
+    default = IndexPostprocess(whiten=True, whiten_dim=8).fit(raw)
+    assert np.abs(default.gallery(raw) - np.asarray(index.search_vectors)).max() > 0.01
+    with pytest.raises(InputError, match="shrinkage 0.5.*--whiten-shrinkage"):
+        search(photo_set[0], target, options=OPTS, refinement=Refinement(whiten=True, whiten_dim=8))
 
 
 @pytest.mark.parametrize("backend", ["exact", "faiss:IVF2,Flat"])
