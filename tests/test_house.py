@@ -73,8 +73,11 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
     assert copies.model_options == {"pool": "gem", "multiscale": True}
     assert copies.refinement.whiten and copies.refinement.whiten_dim == 128
     assert PRESETS["copies"]["measured"]  # each preset says what it was measured on
-    mine = SearchConfig.from_preset("copies", model_options={"pool": "mac"}, refinement={"whiten_dim": 64})
+    mine = SearchConfig.from_preset(
+        "copies", model_options={"pool": "mac"}, refinement={"whiten_dim": 64, "whiten_shrinkage": 0.1}
+    )
     assert mine.model_options["pool"] == "mac" and mine.refinement.whiten_dim == 64
+    assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1}}
     off = SearchConfig.from_preset("copies", refinement={"whiten": False})
     assert not off.refinement.whiten and off.refinement.whiten_dim is None
     assert SearchConfig.from_preset(None).refinement.describe() == {}
@@ -96,7 +99,7 @@ def test_preset_through_the_cli(photo_set: tuple[Path, Path], tmp_path: Path) ->
     result = CliRunner().invoke(app, [*args, "--whiten-dim", "8", "--summary", str(summary), "-q", "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     doc = json.loads(summary.read_text())
-    assert doc["refinement"] == {"whiten": {"dim": 8}}
+    assert doc["refinement"] == {"whiten": {"dim": 8, "shrinkage": 10.0}}
     assert doc["model"]["options"]["pool"] == "avg" and doc["model"]["options"]["multiscale"] is False
     listing = CliRunner().invoke(app, ["presets"])
     assert listing.exit_code == 0 and "copies" in listing.output and "whiten_dim=128" in listing.output
