@@ -80,9 +80,16 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
     assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1}}
     off = SearchConfig.from_preset("copies", refinement={"whiten": False})
     assert not off.refinement.whiten and off.refinement.whiten_dim is None
+    stored = SearchConfig.from_preset("copies", refinement={"whiten_shrinkage": 0.3}).index_postprocess()
+    assert (stored.whiten_dim, stored.whiten_shrinkage) == (128, 0.3)  # index build keeps it
     assert SearchConfig.from_preset(None).refinement.describe() == {}
     with pytest.raises(InputError, match="unknown preset 'fast'"):
         SearchConfig.from_preset("fast")
+    shrunk = {"refinement": {"whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.1}}
+    with pytest.MonkeyPatch.context() as mp:  # --no-whiten drops a preset's shrinkage with its dim
+        mp.setitem(PRESETS, "shrunk", shrunk)
+        plain = SearchConfig.from_preset("shrunk", refinement={"whiten": False}).refinement
+        assert (plain.whiten, plain.whiten_dim, plain.whiten_shrinkage) == (False, None, None)
     with pytest.raises(InputError, match="search-time"):
         SearchConfig.from_preset(None, refinement={"qe": 2}).index_postprocess()
 

@@ -61,8 +61,9 @@ def test_whitening_of_fewer_vectors_than_dimensions_uses_the_same_axes() -> None
         assert w.projection.shape == projection.shape
         by_hand = l2_normalise((queries - x.mean(0)) @ projection) @ l2_normalise((x - x.mean(0)) @ projection).T
         np.testing.assert_allclose(w.transform(queries) @ w.transform(x).T, by_hand, atol=1e-5)
-    with pytest.raises(InputError, match="all 5 are the same"):
-        PCAWhitening().fit(np.ones((5, 10)))
+    for same in (np.ones((5, 10)), np.full((5, 10), 0.1), np.full((5, 3), 0.1, dtype=np.float32)):
+        with pytest.raises(InputError, match="all 5 are the same"):  # float64 rounding of 0.1 included
+            PCAWhitening().fit(same)
 
 
 def test_whitening_shrinkage_tempers_each_axis_and_is_checked() -> None:
@@ -77,11 +78,14 @@ def test_whitening_shrinkage_tempers_each_axis_and_is_checked() -> None:
         kept = np.var((x - w.mean) @ w.projection, axis=0, ddof=1)
         # each axis keeps variance v / (v + shrinkage * mean v): near 1 for small shrinkage, ~v/s for large
         np.testing.assert_allclose(kept, variances / (variances + shrinkage * variances.mean()), rtol=0.02)
-    steps = Postprocess(whiten=True, whiten_dim=3, whiten_shrinkage=0.1).fit(x)
-    assert steps.whitening is not None and steps.whitening.shrinkage == 0.1
-    assert steps.describe() == {"whiten": {"dim": 3, "shrinkage": 0.1}}
-    with pytest.raises(InputError, match="--whiten-shrinkage needs --whiten"):
-        Postprocess(whiten_shrinkage=1.0)
+    steps = Postprocess(whiten=True, whiten_dim=3, whiten_shrinkage=np.float32(0.5)).fit(x)
+    assert steps.whitening is not None and steps.whitening.shrinkage == 0.5
+    assert steps.describe() == {"whiten": {"dim": 3, "shrinkage": 0.5}}
+    assert type(steps.describe()["whiten"]["shrinkage"]) is float  # JSON-safe whatever the caller gave
+    assert Postprocess(whiten=True).describe() == {"whiten": {"dim": None, "shrinkage": 10.0}}
+    for alone in (1.0, 10.0):  # even the default's value, given without --whiten, is refused
+        with pytest.raises(InputError, match="--whiten-shrinkage needs --whiten"):
+            Postprocess(whiten_shrinkage=alone)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(InputError, match="--whiten-shrinkage must be a finite number"):
             Postprocess(whiten=True, whiten_shrinkage=bad)

@@ -209,7 +209,9 @@ def test_subtitle_names_the_options_that_shaped_the_ranking(
         gallery,
         model="pixels",
         options=lookalike.ExtractOptions(use_cache=False),
-        refinement=Refinement(whiten=True, whiten_dim=4, dba=2, rerank="k-reciprocal", rerank_top=12),
+        refinement=Refinement(
+            whiten=True, whiten_dim=4, whiten_shrinkage=0.3, dba=2, rerank="k-reciprocal", rerank_top=12
+        ),
     )
     data = report_data(write_report(run, query, gallery, tmp_path / "r.html", progress=False))
-    assert "model pixels (whiten 4-d, dba 2, rerank k-reciprocal top 12)" in data["subtitle"]
+    assert "model pixels (whiten 4-d shrinkage 0.3, dba 2, rerank k-reciprocal top 12)" in data["subtitle"]

@@ -22,7 +22,7 @@ from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, accepts, evaluate_rankings, is_higher_better
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .steps import DEFAULT_SHRINKAGE, Postprocess, ScoreNormalisation
+from .steps import Postprocess, ScoreNormalisation
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -525,13 +525,13 @@ class GallerySide:
         post = self.index.post
         changes: dict[str, Any] = {}
         if refine.whiten and post.whiten:
-            if (refine.whiten_dim, refine.whiten_shrinkage) != (post.whiten_dim, post.whiten_shrinkage):
+            if (refine.whiten_dim, refine.shrinkage) != (post.whiten_dim, post.shrinkage):
                 raise InputError(
                     f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, "
-                    f"shrinkage {post.whiten_shrinkage:g}, fitted at build); drop --whiten from the search, "
+                    f"shrinkage {post.shrinkage:g}, fitted at build); drop --whiten from the search, "
                     "give the same --whiten-dim and --whiten-shrinkage, or rebuild the index"
                 )
-            changes.update(whiten=False, whiten_dim=None, whiten_shrinkage=DEFAULT_SHRINKAGE)
+            changes.update(whiten=False, whiten_dim=None, whiten_shrinkage=None)
         if refine.dba and post.dba:
             if (refine.dba, refine.alpha) != (post.dba, post.alpha):
                 raise InputError(

@@ -29,6 +29,7 @@ from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics
 from .pipeline import SearchRun
+from .steps import DEFAULT_SHRINKAGE
 
 DEFAULT_THUMB_SIZE = 96
 DEFAULT_PAGE_SIZE = 25
@@ -384,8 +385,9 @@ def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None
     steps.update({k: v for k, v in refinement.items() if k != "index"})
     for key, value in steps.items():
         if key.endswith("whiten"):
-            dim = (value or {}).get("dim")
-            parts.append(f"{key} {dim}-d" if dim else key)
+            dim, shrinkage = (value or {}).get("dim"), (value or {}).get("shrinkage")
+            text = f"{key} {dim}-d" if dim else key
+            parts.append(text if shrinkage in (None, DEFAULT_SHRINKAGE) else f"{text} shrinkage {shrinkage:g}")
         elif key.endswith("rerank"):
             parts.append(f"rerank {value.get('method')} top {value.get('top')}")
         else:

@@ -81,8 +81,10 @@ class PCAWhitening:
         self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
         values, vectors = self._principal_axes(x)
         order = np.argsort(values)[::-1]
-        rank = int(np.sum(values > values.max() * 1e-10)) if len(values) and values.max() > 0 else 0
-        if rank == 0:
+        # identical vectors leave at most rounding noise: nothing to whiten
+        spread = float(values.max()) if len(values) else 0.0
+        rank = int(np.sum(values > spread * 1e-10))
+        if spread <= 1e-12 * max(1.0, float(np.square(self.mean).sum())):
             raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
         keep = min(self.dim or rank, rank)
         values, vectors = values[order][:keep], vectors[:, order][:, :keep]
@@ -189,7 +191,8 @@ class Postprocess:
     whitening on the gallery's raw vectors; ``gallery`` gives the searchable gallery (whitened,
     then each vector augmented by its ``dba`` neighbours); ``queries`` gives queries in that space
     (whitened, then expanded by their ``qe`` nearest processed gallery vectors). Neighbours are
-    weighted by similarity^``alpha``; ``whiten_shrinkage`` is :class:`PCAWhitening`'s. The
+    weighted by similarity^``alpha``; ``whiten_shrinkage`` is :class:`PCAWhitening`'s (None: the
+    default, :data:`DEFAULT_SHRINKAGE`; a value given only with ``whiten``). The
     search-time steps (``Refinement``) and those stored with an index (``IndexPostprocess``) are
     both this class."""
 
@@ -198,7 +201,7 @@ class Postprocess:
     dba: int = 0
     qe: int = 0
     alpha: float = 3.0
-    whiten_shrinkage: float = DEFAULT_SHRINKAGE
+    whiten_shrinkage: float | None = None
     whitening: PCAWhitening | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -208,11 +211,18 @@ class Postprocess:
             raise InputError("--whiten-dim needs --whiten")
         if self.whiten_dim is not None and self.whiten_dim < 1:
             raise InputError(f"--whiten-dim must be positive, got {self.whiten_dim}")
-        check_shrinkage(self.whiten_shrinkage)
-        if self.whiten_shrinkage != DEFAULT_SHRINKAGE and not self.whiten:
-            raise InputError("--whiten-shrinkage needs --whiten")
+        if self.whiten_shrinkage is not None:
+            check_shrinkage(self.whiten_shrinkage)
+            if not self.whiten:
+                raise InputError("--whiten-shrinkage needs --whiten")
+            self.whiten_shrinkage = float(self.whiten_shrinkage)
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise InputError(f"--alpha must be a finite number of at least 0, got {self.alpha}")
+
+    @property
+    def shrinkage(self) -> float:
+        """The whitening's shrinkage: the one given, else the default."""
+        return DEFAULT_SHRINKAGE if self.whiten_shrinkage is None else self.whiten_shrinkage
 
     @property
     def active(self) -> bool:
@@ -227,7 +237,7 @@ class Postprocess:
     def fit(self, raw: np.ndarray) -> Postprocess:
         """Fit the whitening on the gallery's raw vectors (DBA and QE have nothing to fit)."""
         if self.whiten:
-            self.whitening = PCAWhitening(self.whiten_dim, self.whiten_shrinkage).fit(np.asarray(raw))
+            self.whitening = PCAWhitening(self.whiten_dim, self.shrinkage).fit(np.asarray(raw))
         return self
 
     def whitened(self, x: np.ndarray) -> np.ndarray:
@@ -271,7 +281,7 @@ class Postprocess:
         """The active steps and their parameters (empty when none is on)."""
         out: dict[str, Any] = {}
         if self.whiten:
-            out["whiten"] = {"dim": self.whiten_dim, "shrinkage": self.whiten_shrinkage}
+            out["whiten"] = {"dim": self.whiten_dim, "shrinkage": self.shrinkage}
         if self.dba:
             out["dba"] = {"k": self.dba, "alpha": self.alpha}
         if self.qe:

@@ -81,7 +81,7 @@ STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
             float | None,
             "--whiten-shrinkage",
             min=0.0,
-            help="Whitening: add this many times the mean variance to each axis's (default 10).",
+            help="Whitening: add this many times the mean variance to each axis's variance (default 10).",
         ),
         None,
     ),

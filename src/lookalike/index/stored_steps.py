@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..steps import DEFAULT_SHRINKAGE, PCAWhitening, Postprocess
+from ..steps import PCAWhitening, Postprocess
 
 
 @dataclass
@@ -31,7 +31,8 @@ class IndexPostprocess(Postprocess):
         """What is stored, as recorded in the manifest and in search outputs."""
         out: dict[str, Any] = {}
         if self.whiten:
-            fitted = self.whitening.describe() if self.whitening else {"dim": self.whiten_dim}
+            unfitted = {"dim": self.whiten_dim, "shrinkage": self.shrinkage}
+            fitted = self.whitening.describe() if self.whitening else unfitted
             out["whiten"] = {**fitted, "requested_dim": self.whiten_dim}  # what --whiten-dim asked for
         if self.dba:
             out["dba"] = {"k": self.dba, "alpha": self.alpha}
@@ -50,10 +51,10 @@ class IndexPostprocess(Postprocess):
         post = cls(
             whiten=whiten is not None,
             whiten_dim=(whiten or {}).get("requested_dim", (whiten or {}).get("dim")),
-            whiten_shrinkage=float((whiten or {}).get("shrinkage", DEFAULT_SHRINKAGE)),
             dba=int(dba.get("k", 0)),
             alpha=float(dba.get("alpha", 3.0)),
         )
         if post.whiten:
             post.whitening = PCAWhitening.load(folder / f"whitening-{generation}.npz")
+            post.whiten_shrinkage = post.whitening.shrinkage  # the fitted file's own, not a copy of it
         return post
