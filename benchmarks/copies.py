@@ -27,21 +27,23 @@ from pathlib import Path
 
 import lookalike
 from lookalike import ExtractOptions
-from lookalike.config import SearchConfig
+from lookalike.config import PRESETS, SearchConfig
 from lookalike.samples import make_copy_detection_set, make_crop_copy_set
 
 HERE = Path(__file__).parent
 
-COPIES = ("efficientnet-lite0", {"pool": "gem", "multiscale": True})  # the `copies` preset before this run
-COPIES_STEPS = {"whiten": True, "whiten_dim": 128}
+COPIES = ("efficientnet-lite0", PRESETS["copies"]["model_options"])
+COPIES_STEPS = {"whiten": True, "whiten_dim": 128}  # the copies preset's whitening (shrinkage 10)
+assert PRESETS["copies"]["refinement"] == COPIES_STEPS, "the copies preset changed: rename its rows"
+# the pick of benchmarks/whitening.py on validation sets: ranks copies better, costs dedup and classes
+VALIDATED_STEPS = {"whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.1}
+# its pick for a selfsup model trained on disc-copies seed 8
+SELFSUP_STEPS = {"whiten": True, "whiten_dim": 128, "whiten_shrinkage": 0.3}
 # name -> (model, model options, refinement)
 ROWS: dict[str, tuple[str, dict, dict]] = {
     "efficientnet-lite0 (default)": ("efficientnet-lite0", {}, {}),
-    "GeM + multi-scale + whitening 128": (
-        "efficientnet-lite0",
-        {"pool": "gem", "multiscale": True},
-        {"whiten": True, "whiten_dim": 128},
-    ),
+    "GeM + multi-scale + whitening 128": COPIES + (COPIES_STEPS,),  # the copies preset
+    "GeM + multi-scale + whitening 64, shrinkage 0.1": COPIES + (VALIDATED_STEPS,),
     "regions 2": ("efficientnet-lite0", {}, {"regions": 2}),
     "regions 3": ("efficientnet-lite0", {}, {"regions": 3}),
     "regions 3 + query regions": ("efficientnet-lite0", {}, {"regions": 3, "query_regions": True}),
@@ -59,9 +61,19 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     + ({**COPIES_STEPS, "regions": 3, "query_regions": True},),
     "copies preset + sift, top 100": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 100},),
     "copies preset + sift, top 300": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 300},),
+    "whitening 64, shrinkage 0.1 + score norm k=10": COPIES + ({**VALIDATED_STEPS, "score_norm": 10},),
+    "whitening 64, shrinkage 0.1 + regions 3": COPIES + ({**VALIDATED_STEPS, "regions": 3},),
+    "whitening 64, shrinkage 0.1 + regions 3 + query regions": COPIES
+    + ({**VALIDATED_STEPS, "regions": 3, "query_regions": True},),
+    "whitening 64, shrinkage 0.1 + sift, top 100": COPIES
+    + ({**VALIDATED_STEPS, "rerank": "sift", "rerank_top": 100},),
+    "whitening 64, shrinkage 0.1 + sift, top 300": COPIES
+    + ({**VALIDATED_STEPS, "rerank": "sift", "rerank_top": 300},),
     "sscd 224": ("sscd", {"size": 224}, {}),
     "sscd 224 + whitening 128": ("sscd", {"size": 224}, COPIES_STEPS),
+    "sscd 224 + whitening 64, shrinkage 0.1": ("sscd", {"size": 224}, VALIDATED_STEPS),
     "sscd-distilled 224 + whitening 128": ("sscd-distilled", {"size": 224}, COPIES_STEPS),
+    "sscd-distilled 224 + whitening 64, shrinkage 0.1": ("sscd-distilled", {"size": 224}, VALIDATED_STEPS),
     "sscd 224 + sift, top 100": ("sscd", {"size": 224}, {"rerank": "sift", "rerank_top": 100}),
     "sscd 224 + score norm k=10": ("sscd", {"size": 224}, {"score_norm": 10}),
     "sscd-distilled 224": ("sscd-distilled", {"size": 224}, {}),
@@ -91,25 +103,34 @@ SELFSUP_ROWS: dict[str, dict] = {
     " + whitening 128": COPIES_STEPS,
     " + whitening 128 + score norm k=10": {**COPIES_STEPS, "score_norm": 10},
     " + whitening, all dimensions": {"whiten": True},
+    " + whitening 64, shrinkage 0.1": VALIDATED_STEPS,
+    " + whitening 128, shrinkage 0.3": SELFSUP_STEPS,
+    " + whitening 128, shrinkage 0.3 + score norm k=10": {**SELFSUP_STEPS, "score_norm": 10},
     " + regions 3 + query regions": {"regions": 3, "query_regions": True},
     " + sift, top 100": {"rerank": "sift", "rerank_top": 100},
 }
 
 
-def build(name: str, tmp: Path) -> tuple[Path, Path]:
+SEEDS = {"crop-copies": 0, "disc-copies": 7}  # the test sets of every table; other seeds validate
+
+
+def build(name: str, tmp: Path, seed: int | None = None) -> tuple[Path, Path]:
+    """(query, gallery) of a copy set; ``seed`` other than the set's own builds a validation set."""
+    if name not in SEEDS:
+        raise SystemExit(f"unknown set {name}")
+    seed = SEEDS[name] if seed is None else seed
+    suffix = "" if seed == SEEDS[name] else f"-seed{seed}"
     if name == "crop-copies":
-        return make_crop_copy_set(tmp / "crop", seed=0)
-    if name == "disc-copies":
-        return make_copy_detection_set(
-            tmp / "disc",
-            gallery_copies=2,
-            query_copies=4,
-            seed=7,
-            strength=1.8,
-            composite=0.7,
-            distractors=400,
-        )
-    raise SystemExit(f"unknown set {name}")
+        return make_crop_copy_set(tmp / f"crop{suffix}", seed=seed)
+    return make_copy_detection_set(
+        tmp / f"disc{suffix}",
+        gallery_copies=2,
+        query_copies=4,
+        seed=seed,
+        strength=1.8,
+        composite=0.7,
+        distractors=400,
+    )
 
 
 def main() -> None:
@@ -137,6 +158,9 @@ def main() -> None:
         args.rows = args.rows or []
         if not any(r in own for r in args.rows):  # --rows "selfsup + ..." picks some of them
             args.rows += list(own)
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(unknown)}")
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)

@@ -2,6 +2,7 @@
 
     python benchmarks/datasets.py                # once
     python benchmarks/refinement.py [--sets orl fmnist copies hard-copies disc-copies crop-copies]
+                                    [--rows LABEL ...]
 
 Every row is efficientnet-lite0 (the pretrained default) with one option changed, then the
 combinations; figures are mAP and top-1 (queries against the gallery, labels from folders).
@@ -44,6 +45,11 @@ ROWS: list[tuple[str, dict, Refinement]] = [
     ("GeM + multi-scale + DBA + QE", {"pool": "gem", "multiscale": True}, Refinement(dba=3, qe=3)),
     ("GeM + multi-scale + k-reciprocal", {"pool": "gem", "multiscale": True}, Refinement(rerank="k-reciprocal")),
     ("GeM + DBA + QE + k-reciprocal", {"pool": "gem"}, Refinement(dba=3, qe=3, rerank="k-reciprocal")),
+    (
+        "GeM + multi-scale + whitening 64-d, shrinkage 0.1",
+        {"pool": "gem", "multiscale": True},
+        Refinement(whiten=True, whiten_dim=64, whiten_shrinkage=0.1),
+    ),
 ]
 
 
@@ -65,13 +71,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--sets", nargs="+", default=["orl", "fmnist", "copies", "hard-copies", "disc-copies"])
+    parser.add_argument("--rows", nargs="+", default=None, help="Labels of the rows to run (default all; the baseline always).")
     args = parser.parse_args()
+    rows = [r for r in ROWS if r is ROWS[0] or args.rows is None or r[0] in args.rows]
+    unknown = set(args.rows or ()) - {r[0] for r in ROWS}
+    if unknown:
+        raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         options = ExtractOptions(progress=False, cache_dir=Path(tmp) / "cache")
         for name in args.sets:
             query, gallery = folders(name, args.data, Path(tmp))
-            for label, model_options, refinement in ROWS:
+            for label, model_options, refinement in rows:
                 run = lookalike.evaluate(
                     query, gallery, model="efficientnet-lite0", model_options=model_options,
                     options=options, refinement=refinement,
@@ -81,7 +92,7 @@ def main() -> None:
     print("\n| option | " + " | ".join(f"{s} mAP | {s} top-1" for s in args.sets) + " |")
     print("| --- |" + " --- | --- |" * len(args.sets))
     base = results[ROWS[0][0]]
-    for label, _, _ in ROWS:
+    for label, _, _ in rows:
         cells = []
         for s in args.sets:
             m, t = results[label][s]

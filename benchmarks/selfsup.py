@@ -1,7 +1,7 @@
 """Self-supervised training (`lookalike train selfsup`) on each set's own images, without labels.
 
     python benchmarks/selfsup.py [--sets crop-copies disc-copies orl fmnist] [--name NAME]
-                                 [--epochs N] [-O KEY=VALUE ...] [--tmp DIR]
+                                 [--epochs N] [-O KEY=VALUE ...] [--tmp DIR] [--set-seed N]
 
 `crop-copies` and `disc-copies` (built as in `benchmarks/copies.py`): training on the gallery's
 images only (distractors included; no labels, no query image). `orl`: the training people s1..s20
@@ -12,7 +12,9 @@ features are pooled), SSCD and raw pixels: top-1, mAP and µAP, each checkpoint 
 its pooled trunk and with its projection (the same weights). Training time per epoch and images/s
 (both views counted once per image) come from the run's history. Runs resume from
 benchmarks/out/selfsup/runs/ (a finished run is only evaluated again); results go to
-benchmarks/out/selfsup/<name>.json and a Markdown table on stdout.
+benchmarks/out/selfsup/<name>.json and a Markdown table on stdout. ``--set-seed N`` trains on
+another draw of a copy set (the run in ``runs/<set>-seedN-<name>``, results in
+``<name>-seedN.json``): the validation model of `benchmarks/whitening.py`.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ SET_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def folders(name: str, data: Path, tmp: Path) -> tuple[Path, Path, Path]:
-    """(train, query, gallery) of a set: the copy sets train on their own gallery."""
+def folders(name: str, data: Path, tmp: Path, seed: int | None = None) -> tuple[Path, Path, Path]:
+    """(train, query, gallery) of a set: the copy sets train on their own gallery (``seed``: another
+    draw of a copy set, for validation)."""
     if name in ("crop-copies", "disc-copies"):
-        query, gallery = build(name, tmp)
+        query, gallery = build(name, tmp, seed)
         return gallery, query, gallery
     root = data / name
     if not (root / "train").is_dir():
@@ -87,14 +90,20 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--tmp", type=Path, default=None, help="Keep the built sets and the cache here.")
+    parser.add_argument(
+        "--set-seed", type=int, default=None, help="Build the copy sets with this seed (a validation draw)."
+    )
     args = parser.parse_args()
+    if args.set_seed is not None and not set(args.sets) <= {"crop-copies", "disc-copies"}:
+        parser.error("--set-seed draws the copy sets again: give only crop-copies / disc-copies")
+    seeded = "" if args.set_seed is None else f"-seed{args.set_seed}"
     given = dict(item.split("=", 1) for item in args.option)
     out = HERE / "out" / "selfsup"
     results: dict[str, Any] = {"name": args.name, "options": given, "sets": {}}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)
         for set_name in args.sets:
-            train_dir, query, gallery = folders(set_name, args.data, tmp)
+            train_dir, query, gallery = folders(set_name, args.data, tmp, args.set_seed)
             options = {**SET_OPTIONS[set_name], **given}
             rows: dict[str, Any] = {}
             for label in args.baselines:
@@ -104,7 +113,7 @@ def main() -> None:
             run = train(
                 "selfsup",
                 train_dir,
-                out / "runs" / f"{set_name}-{args.name}",
+                out / "runs" / f"{set_name}{seeded}-{args.name}",
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 lr=args.lr,
@@ -139,7 +148,7 @@ def main() -> None:
             )
             results["sets"][set_name] = {"options": options, "rows": rows}
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{args.name}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            (out / f"{args.name}{seeded}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print("\n| set | model | top-1 | mAP | µAP |\n| --- | --- | --- | --- | --- |")
     for set_name, entry in results["sets"].items():
         for label, row in entry["rows"].items():

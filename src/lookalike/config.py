@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "measured there for both search and dedup (regions, SSCD, verification, score normalisation; "
         "--whiten-dim 64 --whiten-shrinkage 0.1 ranks disc-copies better, 0.568, but costs dedup "
         "recall and class retrieval; a selfsup model trained on the gallery and whitened does best on "
-        "disc-copies, 0.781); costs three forward passes per image and a whitening fit on the gallery",
+        "disc-copies, 0.78-0.80); costs three forward passes per image and a whitening fit on the gallery",
         "model_options": {"pool": "gem", "multiscale": True},
         "refinement": {"whiten": True, "whiten_dim": 128},
     },
