@@ -39,6 +39,14 @@ assert PRESETS["copies"]["refinement"] == COPIES_STEPS, "the copies preset chang
 VALIDATED_STEPS = {"whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.1}
 # its pick for a selfsup model trained on disc-copies seed 8
 SELFSUP_STEPS = {"whiten": True, "whiten_dim": 128, "whiten_shrinkage": 0.3}
+# what is measured on top of each whitening of the preset's features
+ON_TOP: dict[str, dict] = {
+    "score norm k=10": {"score_norm": 10},
+    "regions 3": {"regions": 3},
+    "regions 3 + query regions": {"regions": 3, "query_regions": True},
+    "sift, top 100": {"rerank": "sift", "rerank_top": 100},
+    "sift, top 300": {"rerank": "sift", "rerank_top": 300},
+}
 # name -> (model, model options, refinement)
 ROWS: dict[str, tuple[str, dict, dict]] = {
     "efficientnet-lite0 (default)": ("efficientnet-lite0", {}, {}),
@@ -55,20 +63,11 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     ),
     "score norm k=10": ("efficientnet-lite0", {}, {"score_norm": 10}),
     "regions 3 + score norm k=10": ("efficientnet-lite0", {}, {"regions": 3, "score_norm": 10}),
-    "copies preset + score norm k=10": COPIES + ({**COPIES_STEPS, "score_norm": 10},),
-    "copies preset + regions 3": COPIES + ({**COPIES_STEPS, "regions": 3},),
-    "copies preset + regions 3 + query regions": COPIES
-    + ({**COPIES_STEPS, "regions": 3, "query_regions": True},),
-    "copies preset + sift, top 100": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 100},),
-    "copies preset + sift, top 300": COPIES + ({**COPIES_STEPS, "rerank": "sift", "rerank_top": 300},),
-    "whitening 64, shrinkage 0.1 + score norm k=10": COPIES + ({**VALIDATED_STEPS, "score_norm": 10},),
-    "whitening 64, shrinkage 0.1 + regions 3": COPIES + ({**VALIDATED_STEPS, "regions": 3},),
-    "whitening 64, shrinkage 0.1 + regions 3 + query regions": COPIES
-    + ({**VALIDATED_STEPS, "regions": 3, "query_regions": True},),
-    "whitening 64, shrinkage 0.1 + sift, top 100": COPIES
-    + ({**VALIDATED_STEPS, "rerank": "sift", "rerank_top": 100},),
-    "whitening 64, shrinkage 0.1 + sift, top 300": COPIES
-    + ({**VALIDATED_STEPS, "rerank": "sift", "rerank_top": 300},),
+    **{
+        f"{name} + {extra}": COPIES + ({**steps, **more},)
+        for name, steps in (("copies preset", COPIES_STEPS), ("whitening 64, shrinkage 0.1", VALIDATED_STEPS))
+        for extra, more in ON_TOP.items()
+    },
     "sscd 224": ("sscd", {"size": 224}, {}),
     "sscd 224 + whitening 128": ("sscd", {"size": 224}, COPIES_STEPS),
     "sscd 224 + whitening 64, shrinkage 0.1": ("sscd", {"size": 224}, VALIDATED_STEPS),

@@ -100,6 +100,4 @@ class SearchConfig:
         r = self.refinement
         if r.qe or r.rerank:
             raise InputError("--qe and --rerank are search-time steps; give them to `search`, not to `index build`")
-        return IndexPostprocess(
-            whiten=r.whiten, whiten_dim=r.whiten_dim, dba=r.dba, alpha=r.alpha, whiten_shrinkage=r.whiten_shrinkage
-        )
+        return r.settings_as(IndexPostprocess)  # qe is 0 here: refused above

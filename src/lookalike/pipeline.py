@@ -438,9 +438,7 @@ class Refinement(Postprocess):
         gallery = np.asarray(gallery)
         if not (self.whiten or self.dba or self.qe):
             return None, gallery, False
-        steps = Postprocess(
-            self.whiten, self.whiten_dim, self.dba, self.qe, self.alpha, self.whiten_shrinkage
-        ).fit(gallery)
+        steps = self.settings_as(Postprocess).fit(gallery)
         changed = bool(self.whiten or self.dba)
         return steps, (steps.gallery(gallery) if changed else gallery), changed
 

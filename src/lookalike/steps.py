@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -185,6 +185,9 @@ def database_augmentation(gallery: np.ndarray, k: int, alpha: float = 3.0) -> np
     return _weighted_neighbour_mean(np.zeros_like(gallery), gallery, idx, sims, alpha)
 
 
+P = TypeVar("P", bound="Postprocess")
+
+
 @dataclass
 class Postprocess:
     """Whitening, DBA and QE as one fit/transform chain, validated once: ``fit`` learns the
@@ -218,6 +221,13 @@ class Postprocess:
             self.whiten_shrinkage = float(self.whiten_shrinkage)
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise InputError(f"--alpha must be a finite number of at least 0, got {self.alpha}")
+
+    def settings_as(self, cls: type[P]) -> P:
+        """A fresh, unfitted ``cls`` (this class or a subclass: the search-time steps, the steps an
+        index stores) with this object's whitening, DBA and QE settings: one copy of the field list,
+        so a new setting reaches both."""
+        names = [f.name for f in fields(Postprocess) if f.init and f.name != "whitening"]
+        return cls(**{name: getattr(self, name) for name in names})
 
     @property
     def shrinkage(self) -> float:
