@@ -146,6 +146,39 @@ def test_hnsw_default_finds_the_exact_neighbours(gallery: Path, tmp_path: Path) 
     assert GalleryIndex.open(tmp_path / "h.index").recall_at(10) >= 0.95
 
 
+LITE_TYPES = [t for t in milvus_module.INDEX_TYPES if t not in ("FLAT", "HNSW", *milvus_module.LITE_UNSUPPORTED)]
+
+
+@pytest.mark.parametrize("index_type", LITE_TYPES)
+def test_every_other_index_type_builds_reopens_and_searches_on_milvus_lite(
+    gallery: Path, tmp_path: Path, index_type: str
+) -> None:
+    """The types Milvus Lite takes beyond FLAT and HNSW (IVF_FLAT, IVF_SQ8, AUTOINDEX) work: built,
+    reopened from the folder, and every stored vector finds its own image first."""
+    out = tmp_path / "t.index"
+    build_index(gallery, out, model="pixels", backend=f"milvus:{index_type}", options=OPTS)
+    gc.collect()  # let go of the build's Lite database before the index is opened again
+    index = GalleryIndex.open(out)
+    assert index.backend.spec == f"milvus:{index_type}" and len(index.backend) == len(index) == 15
+    rows, scores = index.search(np.asarray(index.vectors), 3)
+    assert (rows[:, 0] == np.arange(len(index))).all()
+    assert scores[:, 0] == pytest.approx(1.0, abs=1e-2)  # cosine of a vector with itself (IVF_SQ8 rounds)
+
+
+@pytest.mark.parametrize("index_type", milvus_module.LITE_UNSUPPORTED)
+def test_types_milvus_lite_cannot_reopen_are_refused_before_extraction(
+    gallery: Path, tmp_path: Path, index_type: str
+) -> None:
+    """Lite builds IVF_PQ and DISKANN collections but fails to load them again, so an index built
+    with them would never open: the build is refused at once, in one line, and writes nothing."""
+    out = tmp_path / "t.index"
+    code, output = cli("index", "build", str(gallery), "-o", str(out), "--backend", f"milvus:{index_type}", *BUILD)
+    assert code == 2 and f"milvus:{index_type} needs a Milvus server (--milvus-uri)" in output
+    assert "IVF_SQ8" in output and not out.exists()
+    server = MilvusIndex(f"milvus:{index_type},uri=http://db:19530", 512, "cosine", 1_000_000)
+    assert server.index_type == index_type  # a server is asked, as the README says
+
+
 def test_a_killed_build_resumes_into_milvus(gallery: Path, tmp_path: Path) -> None:
     """Killed after Milvus Lite was written in the new index folder but before its first manifest:
     the folder (with its milvus.db) is still recognised as lookalike's, and --resume completes it."""

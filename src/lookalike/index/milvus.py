@@ -1,7 +1,8 @@
 """A Milvus index backend: the vectors live in Milvus (Milvus Lite inside the index folder, or a server).
 
 Specs: ``milvus`` (HNSW), ``milvus:<INDEX_TYPE>`` with ``FLAT``, ``HNSW``, ``IVF_FLAT``, ``IVF_SQ8``,
-``IVF_PQ``, ``DISKANN`` or ``AUTOINDEX`` (what the server offers), followed by ``,key=value``
+``IVF_PQ``, ``DISKANN`` or ``AUTOINDEX`` (what the server offers; Milvus Lite refuses ``IVF_PQ``
+and ``DISKANN``, which it builds but cannot load again), followed by ``,key=value``
 options: ``uri=http://HOST:19530`` for a server or cluster (default: a Milvus Lite database
 ``milvus.db`` in the index folder), ``collection=NAME`` (the base name of its collections on a
 server; default ``lookalike_<hash of the index folder>``) and build or search parameters (``M``,
@@ -73,6 +74,9 @@ LITE_DB = "milvus.db"  # Milvus Lite's database (a folder) inside the index fold
 STATE = "lookalike.generation"  # collection property: the generation its content completes, or WRITING
 WRITING = "writing"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
+# Milvus Lite 3.2.2 builds these but cannot load the collection again ("reserved for a future
+# phase", "unknown index_type"): an index built with them would open nowhere, so Lite refuses them
+LITE_UNSUPPORTED = ("IVF_PQ", "DISKANN")
 DEFAULT_INDEX = "HNSW"
 BUILD_KEYS = {"M", "efConstruction", "nlist", "m", "nbits"}
 SEARCH_KEYS = {"ef", "nprobe", "search_list"}
@@ -189,6 +193,12 @@ class MilvusIndex(VectorIndex):
         self.build_params = _build_params(self.index_type, self.options, dim, n_vectors)
         self.search_params = _search_params(self.index_type, self.options, self.build_params)
         self.uri = self.options.get("uri")
+        if self.uri is None and self.index_type in LITE_UNSUPPORTED:
+            lite = ", ".join(t for t in INDEX_TYPES if t not in LITE_UNSUPPORTED)
+            raise InputError(
+                f"milvus:{self.index_type} needs a Milvus server (--milvus-uri): Milvus Lite cannot load "
+                f"such a collection again; with Lite use one of {lite}"
+            )
         # the sized nlist/m go into the spec only where they take effect (not with Milvus Lite)
         sized = {} if self.uri is None else {k: str(v) for k, v in self.build_params.items() if k in ("nlist", "m")}
         self.spec = format_spec(self.index_type, {**self.options, **sized})
