@@ -1,0 +1,158 @@
+"""How the copies preset's images reach the network: input size, upscaling, extra scales, rotations.
+
+    python benchmarks/preprocess.py [--tmp DIR] [--variants NAME ...] [--name SUFFIX]
+
+The copies preset (efficientnet-lite0, GeM, scales 1, 1/sqrt 2, 1/2, whitening 128-d / shrinkage 10
+fitted on the gallery) squashes every image to 224 x 224, so an 80-100 px crop query is blown up
+2.4 times while the photo it was cut from is shrunk: the crop's content reaches the network at about
+twice the scale of the same content in the gallery image. Each variant here changes only how the
+pixels reach the preset's network (the same weights, pooling and whitening), and is measured on the
+validation draws of the copy sets that `benchmarks/whitening.py` uses (crop-copies 1, 2, 3,
+disc-copies 8, 9), then on the test draws (crop-copies 0, disc-copies 7). The rule, as there: the
+highest mean validation mAP. Variants are not lookalike options (this script runs the network
+itself); `squash-224` is the preset and reproduces its figures. Writes
+benchmarks/out/preprocess[-NAME].json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+import lookalike
+from lookalike import ImageSet
+from lookalike.config import PRESETS
+from lookalike.features.base import MULTISCALE
+from lookalike.images import load_image
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from copies import build  # noqa: E402
+from whitening import PRESET, measure  # noqa: E402
+
+VAL = [("crop-copies", 1), ("crop-copies", 2), ("crop-copies", 3), ("disc-copies", 8), ("disc-copies", 9)]
+TEST = [("crop-copies", 0), ("disc-copies", 7)]
+MIN_SIDE = 128  # "fit" never makes a short side smaller: its half scale must still fill the network
+
+
+@dataclass(frozen=True)
+class Variant:
+    """``size`` px; ``fit``: keep the aspect and never upscale past the image's own size (else squash
+    to size x size); ``scales`` averaged as the preset does; ``angles`` (degrees) averaged too."""
+
+    size: int = 224
+    fit: bool = False
+    scales: tuple[float, ...] = MULTISCALE
+    angles: tuple[float, ...] = (0.0,)
+
+
+VARIANTS = {
+    "squash-224": Variant(),
+    "squash-192": Variant(size=192),
+    "squash-256": Variant(size=256),
+    "fit-224": Variant(fit=True),
+    "fit-192": Variant(size=192, fit=True),
+    "scales+sqrt2": Variant(scales=(2**0.5, *MULTISCALE)),
+    "turns-20": Variant(angles=(-20.0, 0.0, 20.0)),
+}
+
+
+def pixels(path: Path, v: Variant) -> torch.Tensor:
+    """(3, h, w) float 0..255 pixels of one image as the variant resizes it."""
+    img = load_image(path, draft_size=v.size)
+    w, h = img.size
+    if v.fit:
+        f = max(min(1.0, v.size / max(w, h)), MIN_SIDE / min(w, h))
+        target = (max(1, round(w * f)), max(1, round(h * f)))
+    else:
+        target = (v.size, v.size)
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float()
+
+
+@torch.no_grad()
+def features(net: torch.nn.Module, paths: list[Path], v: Variant) -> np.ndarray:
+    """The preset's descriptors (normalised mean over scales and angles) under variant ``v``."""
+    batch = 1 if v.fit else 32  # fitted images differ in size
+    out = []
+    for s in range(0, len(paths), batch):
+        x = (torch.stack([pixels(p, v) for p in paths[s : s + batch]]) - net.mean) / net.std
+        total = torch.zeros(())
+        for angle in v.angles:
+            turned = TF.rotate(x, angle, interpolation=TF.InterpolationMode.BILINEAR) if angle else x
+            for scale in v.scales:
+                xs = (
+                    turned
+                    if scale == 1
+                    else torch.nn.functional.interpolate(
+                        turned, scale_factor=scale, mode="bilinear", align_corners=False
+                    )
+                )
+                total = total + torch.nn.functional.normalize(net.body(xs).float(), dim=1)
+        out.append(torch.nn.functional.normalize(total, dim=1).numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets here.")
+    parser.add_argument("--name", default="", help="Suffix of the results file.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    results: dict[str, dict[str, tuple]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.tmp or Path(scratch)
+        sets = {}
+        for name, seed in VAL + TEST:
+            query, gallery = build(name, tmp, seed)
+            sets[f"{name}:{seed}"] = (ImageSet.from_path(query), ImageSet.from_path(gallery))
+        for label in args.variants:
+            v = VARIANTS[label]
+            for key, (Q, G) in sets.items():
+                data = {"q": features(net, Q.paths, v), "g": features(net, G.paths, v), "Q": Q, "G": G}
+                results.setdefault(label, {})[key] = measure(data, *PRESET)
+                print(label, key, "{:.3f} / {:.3f} / {:.3f}".format(*results[label][key]), flush=True)
+    val_keys, test_keys = [f"{n}:{s}" for n, s in VAL], [f"{n}:{s}" for n, s in TEST]
+    score = {label: float(np.mean([cells[k][1] for k in val_keys])) for label, cells in results.items()}
+    pick = max(score, key=score.get)
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    doc = {
+        "whitening": {"dim": PRESET[0], "shrinkage": PRESET[1]},
+        "results": results,
+        "score": score,
+        "pick": pick,
+    }
+    (out / f"preprocess{'-' + args.name if args.name else ''}.json").write_text(json.dumps(doc, indent=2))
+    print(
+        "\n| variant | crop val mean top-1 | crop val mean mAP | disc val mean mAP | mean val mAP (rule) |"
+        + "".join(f" {k} |" for k in test_keys)
+    )
+    print("| --- |" + " --- |" * (4 + len(test_keys)))
+    for label, cells in results.items():
+        crop = [cells[k] for k in val_keys if k.startswith("crop")]
+        disc = [cells[k] for k in val_keys if k.startswith("disc")]
+        tests = "".join(" {:.3f} / {:.3f} / {:.3f} |".format(*cells[k]) for k in test_keys)
+        print(
+            f"| {label} | {np.mean([c[0] for c in crop]):.3f} | {np.mean([c[1] for c in crop]):.3f} | "
+            f"{np.mean([c[1] for c in disc]):.3f} | {score[label]:.3f} |{tests}"
+        )
+    print(f"\npick (mean validation mAP): {pick}")
+
+
+if __name__ == "__main__":
+    main()
