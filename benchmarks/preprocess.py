@@ -46,8 +46,8 @@ MIN_SIDE = 128  # "fit" never makes a short side smaller: its half scale must st
 
 @dataclass(frozen=True)
 class Variant:
-    """``size`` px; ``fit``: keep the aspect and never upscale past the image's own size (else squash
-    to size x size); ``scales`` averaged as the preset does; ``angles`` (degrees) averaged too."""
+    """``size`` px; ``fit``: keep the aspect, bring the long side down to ``size`` and enlarge only
+    up to a MIN_SIDE short side (else squash to size x size); ``scales`` averaged as the preset does; ``angles`` (degrees) averaged too."""
 
     size: int = 224
     fit: bool = False

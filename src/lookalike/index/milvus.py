@@ -74,8 +74,9 @@ LITE_DB = "milvus.db"  # Milvus Lite's database (a folder) inside the index fold
 STATE = "lookalike.generation"  # collection property: the generation its content completes, or WRITING
 WRITING = "writing"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
-# Milvus Lite 3.2.2 builds these but cannot load the collection again ("reserved for a future
-# phase", "unknown index_type"): an index built with them would open nowhere, so Lite refuses them
+# Milvus Lite 3.2.2 accepts these index definitions but fails to build them when the collection is
+# loaded ("reserved for a future phase", "unknown index_type"): an index built with them would open
+# nowhere, so lookalike refuses them on Lite (Lite's own server behind --milvus-uri cannot be told apart)
 LITE_UNSUPPORTED = ("IVF_PQ", "DISKANN")
 DEFAULT_INDEX = "HNSW"
 BUILD_KEYS = {"M", "efConstruction", "nlist", "m", "nbits"}
