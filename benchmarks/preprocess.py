@@ -31,8 +31,9 @@ from PIL import Image
 import lookalike
 from lookalike import ImageSet
 from lookalike.config import PRESETS
+from lookalike.extract import DecodedImages
 from lookalike.features.base import MULTISCALE
-from lookalike.images import load_image
+from lookalike.images import DEFAULT_MAX_PIXELS, load_image
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -67,14 +68,17 @@ VARIANTS = {
 
 
 def pixels(path: Path, v: Variant) -> torch.Tensor:
-    """(3, h, w) float 0..255 pixels of one image as the variant resizes it."""
+    """(3, h, w) float 0..255 pixels of one image as the variant resizes it (a squash is the
+    pipeline's own decoder, so squash-224 is the preset's input)."""
+    if not v.fit:
+        _, squashed, reason = DecodedImages([path], (v.size, v.size), DEFAULT_MAX_PIXELS)[0]
+        if squashed is None:
+            raise SystemExit(f"{path}: {reason}")
+        return squashed.float()
     img = load_image(path, draft_size=v.size)
     w, h = img.size
-    if v.fit:
-        f = max(min(1.0, v.size / max(w, h)), MIN_SIDE / min(w, h))
-        target = (max(1, round(w * f)), max(1, round(h * f)))
-    else:
-        target = (v.size, v.size)
+    f = max(min(1.0, v.size / max(w, h)), MIN_SIDE / min(w, h))
+    target = (max(1, round(w * f)), max(1, round(h * f)))
     if img.size != target:
         img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float()
@@ -98,7 +102,7 @@ def features(net: torch.nn.Module, paths: list[Path], v: Variant) -> np.ndarray:
                         turned, scale_factor=scale, mode="bilinear", align_corners=False
                     )
                 )
-                total = total + torch.nn.functional.normalize(net.body(xs).float(), dim=1)
+                total = total + net._embed(xs)  # FeatureNet's own per-scale step
         out.append(torch.nn.functional.normalize(total, dim=1).numpy())
     return np.concatenate(out)
 
