@@ -51,6 +51,8 @@ ON_TOP: dict[str, dict] = {
 ROWS: dict[str, tuple[str, dict, dict]] = {
     "efficientnet-lite0 (default)": ("efficientnet-lite0", {}, {}),
     "GeM + multi-scale + whitening 128": COPIES + (COPIES_STEPS,),  # the copies preset
+    # the copies preset with aspect-kept inputs (--resize fit: small crops are not blown up)
+    "copies preset + resize fit": (COPIES[0], {**COPIES[1], "resize": "fit"}, COPIES_STEPS),
     "GeM + multi-scale + whitening 64, shrinkage 0.1": COPIES + (VALIDATED_STEPS,),
     "regions 2": ("efficientnet-lite0", {}, {"regions": 2}),
     "regions 3": ("efficientnet-lite0", {}, {"regions": 3}),

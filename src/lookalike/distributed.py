@@ -42,12 +42,13 @@ class EmbedActor:
         self.extractor = rebuild_extractor(name, options)
         device = resolve_device("cuda" if torch.cuda.is_available() else "cpu")
         self.runner = make_runner(self.extractor, device, runtime, None)
-        self.decoder = DecodedImages([], self.extractor.preprocess.size, max_pixels)
+        pre = self.extractor.preprocess
+        self.decoder = DecodedImages([], pre.size, max_pixels, pre.resize)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pathlib import Path
 
-        import torch
+        from .extract import run_by_size
 
         self.decoder.paths = [Path(p) for p in batch["path"]]
         tensors, ok, reasons = [], [], []
@@ -59,7 +60,7 @@ class EmbedActor:
                 tensors.append(tensor)
         vectors = np.zeros((len(ok), self.extractor.dim), dtype=np.float32)
         if tensors:
-            vectors[np.array(ok)] = self.runner(torch.stack(tensors))
+            vectors[np.array(ok)] = run_by_size(self.runner, tensors, self.extractor.dim)
         return {
             "row": batch["row"],
             "ok": np.array(ok),

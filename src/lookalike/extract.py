@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cache import FeatureCache, file_key
 from .errors import ImageError, InputError
-from .features.base import Extractor, OnnxGraph
+from .features.base import Extractor, OnnxGraph, Preprocess
 from .fileio import atomic_write
 from .images import DEFAULT_MAX_PIXELS, ImageSet, image_pixels, load_image
 
@@ -66,20 +66,23 @@ def resolve_device(device: str) -> torch.device:
 
 
 class DecodedImages(Dataset):
-    """Decodes, orients and resizes image ``i`` to a (3, h, w) uint8 tensor, or reports why not."""
+    """Decodes, orients and resizes image ``i`` to a (3, h, w) uint8 tensor, or reports why not.
+    ``resize`` as :class:`~lookalike.features.base.Preprocess`: ``squash`` gives every image
+    ``size``, ``fit`` an aspect-kept size of its own."""
 
-    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int) -> None:
+    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int, resize: str = "squash") -> None:
         self.paths, self.size, self.max_pixels = paths, size, max_pixels
+        self.preprocess = Preprocess(tuple(size), resize=resize)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        height, width = self.size
         try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=max(height, width))
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=max(self.size))
         except ImageError as exc:
             return i, None, exc.reason
+        height, width = self.preprocess.target(*img.size)
         if img.size != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), ""
@@ -113,56 +116,76 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> _Batch:
     pixels = [(i, t) for i, t, tag in items if t is not None and tag != "jpeg"]
     jpegs = [(i, t) for i, t, tag in items if t is not None and tag == "jpeg"]
     errors = [(i, reason) for i, t, reason in items if t is None]
-    stacked = torch.stack([t for _, t in pixels]) if pixels else None
-    return _Batch([i for i, _ in pixels], stacked, [i for i, _ in jpegs], [t for _, t in jpegs], errors)
+    return _Batch(by_size(pixels), [i for i, _ in jpegs], [t for _, t in jpegs], errors)
+
+
+def by_size(items: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
+    """(ids, stacked pixels) for each size among ``items`` (one group when the preprocessing
+    squashes every image to one size; ``fit`` gives images sizes of their own)."""
+    groups: dict[tuple[int, ...], tuple[list[int], list[torch.Tensor]]] = {}
+    for i, tensor in items:
+        ids, tensors = groups.setdefault(tuple(tensor.shape), ([], []))
+        ids.append(i)
+        tensors.append(tensor)
+    return [(ids, torch.stack(tensors)) for ids, tensors in groups.values()]
+
+
+def run_by_size(runner: Runner, tensors: list[torch.Tensor], dim: int) -> np.ndarray:
+    """The runner's (n, dim) features of pixel tensors that may differ in size, in their order."""
+    out = np.zeros((len(tensors), dim), dtype=np.float32)
+    for ids, stacked in by_size(list(enumerate(tensors))):
+        out[ids] = runner(stacked)
+    return out
 
 
 @dataclass
 class _Batch:
-    """One loader batch: CPU-decoded pixels, raw JPEGs for the device decoder, and failures."""
+    """One loader batch: CPU-decoded pixels (a stacked tensor per size), raw JPEGs for the device
+    decoder, and failures."""
 
-    pixel_ids: list[int]
-    pixels: torch.Tensor | None
+    groups: list[tuple[list[int], torch.Tensor]]
     jpeg_ids: list[int]
     jpegs: list[torch.Tensor]
     errors: list[tuple[int, str]]
 
     def pin_memory(self) -> _Batch:
         """Page-locked host memory, so the copies to the GPU overlap with compute."""
-        pixels = self.pixels.pin_memory() if self.pixels is not None else None
-        return _Batch(
-            self.pixel_ids, pixels, self.jpeg_ids, [t.pin_memory() for t in self.jpegs], self.errors
-        )
+        groups = [(ids, pixels.pin_memory()) for ids, pixels in self.groups]
+        return _Batch(groups, self.jpeg_ids, [t.pin_memory() for t in self.jpegs], self.errors)
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids, _ in self.groups) + len(self.jpeg_ids) + len(self.errors)
 
 
 def decode_on_device(
-    jpegs: list[torch.Tensor], size: tuple[int, int], device: torch.device
-) -> tuple[torch.Tensor | None, list[int]]:
+    jpegs: list[torch.Tensor], size: tuple[int, int] | Preprocess, device: torch.device
+) -> tuple[list[tuple[list[int], torch.Tensor]], list[int]]:
     """Batch-decode JPEG bytes on ``device`` (nvJPEG on CUDA), apply EXIF orientation, resize with
-    antialiasing to ``size``. Returns (n_ok, 3, h, w) uint8 and the positions that failed."""
+    antialiasing to ``size`` (or to the size a :class:`Preprocess` gives each image). Returns
+    (positions, (n, 3, h, w) uint8) for each output size, and the positions that failed."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import resize
 
+    preprocess = size if isinstance(size, Preprocess) else Preprocess(tuple(size))
     if not jpegs:
-        return None, []
+        return [], []
     try:
-        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-        failed: list[int] = []
+        decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        images, failed = list(enumerate(decoded)), []
     except RuntimeError:  # one bad file fails the whole batch: decode one by one to find it
         images, failed = [], []
         for pos, data in enumerate(jpegs):
             try:
                 images.append(
-                    decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+                    (pos, decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
                 )
             except RuntimeError:
                 failed.append(pos)
-    if not images:
-        return None, failed
-    resized = [
-        resize(img, list(size), antialias=True) if tuple(img.shape[-2:]) != size else img for img in images
-    ]
-    return torch.stack(resized), failed
+    resized = []
+    for pos, img in images:
+        target = preprocess.target(int(img.shape[-1]), int(img.shape[-2]))
+        resized.append((pos, resize(img, list(target), antialias=True) if tuple(img.shape[-2:]) != target else img))
+    return by_size(resized), failed
 
 
 def _worker_init(_: int) -> None:
@@ -277,6 +300,8 @@ def _export_onnx(extractor: Extractor, path: Path) -> None:
     height, width = extractor.preprocess.size
     example = torch.zeros(2, 3, height, width)
     module = extractor.module.cpu().eval()
+    # a fitted size is every image's own: height and width are inputs of the graph then
+    axes = {0: "batch"} if extractor.preprocess.resize == "squash" else {0: "batch", 2: "height", 3: "width"}
     tmp = path.with_suffix(".export.onnx")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -287,7 +312,7 @@ def _export_onnx(extractor: Extractor, path: Path) -> None:
             str(tmp),
             input_names=["pixels"],
             output_names=["features"],
-            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            dynamic_axes={"pixels": axes, "features": {0: "batch"}},
             dynamo=False,
         )
     data = tmp.read_bytes()
@@ -420,7 +445,8 @@ class _Job:
             workers = min(8 if cuda else 4, os.cpu_count() or 1) if enough else 0
         paths = [self.images.paths[i] for i in self.todo]
         kind = _JpegBytes if device_decode else DecodedImages
-        dataset = kind(paths, self.extractor.preprocess.size, self.opts.max_pixels)
+        pre = self.extractor.preprocess
+        dataset = kind(paths, pre.size, self.opts.max_pixels, pre.resize)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -454,10 +480,9 @@ class _Job:
             for batch in loader:
                 for local, reason in batch.errors:
                     skipped.append(self._skip(self.todo[local], reason))
-                ids, pixels = self._assemble(batch, device, skipped)
-                if ids:
+                for ids, pixels in self._assemble(batch, device, skipped):
                     self._store([self.todo[j] for j in ids], runner(pixels))
-                bar.update(len(batch.pixel_ids) + len(batch.jpeg_ids) + len(batch.errors))
+                bar.update(len(batch))
                 if self.cache is not None and time.monotonic() - last_flush >= self.cache.flush_seconds:
                     self.cache.flush()
                     last_flush = time.monotonic()
@@ -469,28 +494,28 @@ class _Job:
 
     def _assemble(
         self, batch: _Batch, device: torch.device, skipped: list[Skipped]
-    ) -> tuple[list[int], torch.Tensor]:
-        """One uint8 tensor on ``device`` for the batch: CPU-decoded pixels plus device-decoded
-        JPEGs; a JPEG the device decoder rejects goes through the CPU decoder after all."""
-        ids: list[int] = list(batch.pixel_ids)
-        parts = [batch.pixels.to(device, non_blocking=True)] if batch.pixels is not None else []
-        size = self.extractor.preprocess.size
-        decoded, failed = decode_on_device(batch.jpegs, size, device)
-        if decoded is not None:
-            ids += [j for pos, j in enumerate(batch.jpeg_ids) if pos not in failed]
-            parts.append(decoded)
+    ) -> list[tuple[list[int], torch.Tensor]]:
+        """(ids, uint8 tensor on ``device``) for each input size of the batch: CPU-decoded pixels
+        plus device-decoded JPEGs; a JPEG the device decoder rejects goes through the CPU decoder
+        after all."""
+        parts = [(ids, pixels.to(device, non_blocking=True)) for ids, pixels in batch.groups]
+        pre = self.extractor.preprocess
+        decoded, failed = decode_on_device(batch.jpegs, pre, device)
+        parts += [([batch.jpeg_ids[p] for p in positions], pixels) for positions, pixels in decoded]
         if failed:
             fallback = DecodedImages(
-                [self.images.paths[self.todo[batch.jpeg_ids[p]]] for p in failed], size, self.opts.max_pixels
+                [self.images.paths[self.todo[batch.jpeg_ids[p]]] for p in failed],
+                pre.size,
+                self.opts.max_pixels,
+                pre.resize,
             )
             for n, pos in enumerate(failed):
                 _, tensor, reason = fallback[n]
                 if tensor is None:
                     skipped.append(self._skip(self.todo[batch.jpeg_ids[pos]], reason))
                 else:
-                    ids.append(batch.jpeg_ids[pos])
-                    parts.append(tensor[None].to(device))
-        return ids, (torch.cat(parts) if parts else torch.empty(0))
+                    parts.append(([batch.jpeg_ids[pos]], tensor[None].to(device)))
+        return parts
 
     def _skip(self, i: int, reason: str) -> Skipped:
         if self.opts.strict:

@@ -44,6 +44,7 @@ from .calibrate import threshold_value
 from .config import SearchConfig
 from .errors import ImageError, InputError
 from .extract import DecodedImages, make_runner, resolve_device
+from .features.base import Preprocess
 from .images import ImageSet, to_rgb
 from .index import GalleryIndex, is_index
 from .metrics import accepts, is_higher_better
@@ -219,7 +220,8 @@ class Searcher:
 
     def embed_file(self, path: Path, max_pixels: int) -> np.ndarray:
         """(1, d) features of one image file; raises ImageError when it cannot be decoded."""
-        pixels = decode_for_model(path, self.query_extractor.preprocess.size, max_pixels)
+        pre = self.query_extractor.preprocess
+        pixels = decode_for_model(path, pre.size, max_pixels, pre.resize)
         with self._lock:
             return np.asarray(self.runner(pixels[None]), dtype=np.float32)
 
@@ -261,22 +263,22 @@ class Searcher:
         return path
 
 
-def decode_for_model(path: Path, size: tuple[int, int], max_pixels: int) -> torch.Tensor:
+def decode_for_model(path: Path, size: tuple[int, int], max_pixels: int, resize: str = "squash") -> torch.Tensor:
     """The (3, h, w) uint8 pixels ``DecodedImages`` gives for one file, at a lower memory peak: no
     extra full-size copy, and L/RGB images are reduced before the RGB conversion. ImageError if unreadable."""
-    height, width = size
     try:
-        img = _open_within(path, max_pixels, max(height, width))
+        img = _open_within(path, max_pixels, max(size))
     except Exception:  # the pipeline's decoder names the problem exactly as `lookalike search` does
         img = None
     if img is None:
-        _, pixels, reason = DecodedImages([path], size, max_pixels)[0]
+        _, pixels, reason = DecodedImages([path], size, max_pixels, resize)[0]
         if pixels is None:
             raise ImageError(path, reason)
         return pixels
     with contextlib.suppress(Exception):  # as load_image, minus its copy when nothing is to be turned
         if img.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
             img = ImageOps.exif_transpose(img)
+    height, width = Preprocess(tuple(size), resize=resize).target(*img.size)
     img = _resized(img, (width, height)) if img.size != (width, height) else to_rgb(img)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)
 

@@ -41,6 +41,14 @@ MODEL = {
         _opt(bool | None, "--multiscale/--no-multiscale", help="CNN features at scales 1, 1/sqrt(2), 1/2."),
         None,
     ),
+    "resize": (
+        _opt(
+            str | None,
+            "--resize",
+            help="CNN input: squash (to the model's size) or fit (aspect kept; small images enlarged only to a 128 px short side).",
+        ),
+        None,
+    ),
     "model_option": (
         _opt(list[str] | None, "--model-option", "-O", help="Extra model option KEY=VALUE (repeatable)."),
         None,
@@ -215,6 +223,7 @@ def _config(**values: Any) -> SearchConfig:
         "weights": str(values["weights"]) if values.get("weights") else None,
         "pool": values.get("pool"),
         "multiscale": values.get("multiscale"),
+        "resize": values.get("resize"),
         **key_values(values.get("model_option")),
     }
     steps = {name: values.get(name) for name in (*STORED_STEPS, *SEARCH_STEPS) if name != "rerank_option"}

@@ -11,18 +11,56 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 # Bump when a change alters the features an unchanged model gives, so cached vectors are dropped.
 FEATURE_VERSION = 1
 
 
+RESIZES = ("squash", "fit")
+# "fit" enlarges a small image only as far as this short side, so that its half scale still gives
+# the network a few cells of feature map (benchmarks/preprocess.py, BENCHMARKS.md)
+FIT_MIN_SIDE = 128
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How an RGB image becomes model input: resize to ``size`` (height, width), then
-    ``(pixel / 255 - mean) / std`` per channel."""
+    """How an RGB image becomes model input: resized (``resize``) for ``size`` (height, width), then
+    ``(pixel / 255 - mean) / std`` per channel.
+
+    ``squash`` resizes every image to exactly ``size``. ``fit`` keeps the aspect: the long side is
+    brought down to ``max(size)``, and a small image is enlarged only until its short side reaches
+    ``FIT_MIN_SIDE`` (never beyond the long-side limit), so a small crop is not blown up to fill the
+    frame while the photo it came from is shrunk. Images then differ in size, and are batched by size."""
 
     size: tuple[int, int]
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise InputError(f"resize: unknown value {self.resize!r}; choose one of {', '.join(RESIZES)}")
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The (height, width) an image of ``width`` x ``height`` pixels is resized to."""
+        if self.resize == "squash":
+            return self.size
+        longest = max(self.size)
+        factor = min(1.0, longest / max(width, height))
+        if min(width, height) * factor < FIT_MIN_SIDE:
+            factor = min(FIT_MIN_SIDE / min(width, height), longest / max(width, height))
+        return max(1, round(height * factor)), max(1, round(width * factor))
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, as saved with caches and indexes (``resize`` only when not the default
+        squash, so that the keys of everything made before it existed stay valid)."""
+        out = asdict(self)
+        if self.resize == "squash":
+            del out["resize"]
+        else:
+            out["fit_min_side"] = FIT_MIN_SIDE
+        return out
 
 
 MULTISCALE = (1.0, 2**-0.5, 0.5)
@@ -105,7 +143,7 @@ class Extractor:
         return {
             "name": self.name,
             "options": {k: _jsonable(v) for k, v in sorted(self.options.items())},
-            "preprocess": asdict(self.preprocess),
+            "preprocess": self.preprocess.describe(),
             "dim": self.dim,
             "weights": self.identity,
             "feature_version": FEATURE_VERSION,

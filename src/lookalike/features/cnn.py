@@ -6,6 +6,7 @@ map and wraps it in a ``FeatureNet`` with the backbone's own normalisation.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .backbones import create_backbone, lite0_status, resnet50_status
@@ -19,18 +20,25 @@ from .registry import register
     resnet50_status,
 )
 def resnet50(
-    weights: str = "IMAGENET1K_V1", pool: str = "avg", gem_p: float = 3.0, multiscale: bool = False
+    weights: str = "IMAGENET1K_V1",
+    pool: str = "avg",
+    gem_p: float = 3.0,
+    multiscale: bool = False,
+    resize: str = "squash",
 ) -> Extractor:
     """ResNet50 up to its last conv block, globally pooled.
 
     ``weights``: a torchvision enum name (fetched into torch's hub cache on first use), a local
     file (state dict or checkpoint), or ``random`` (untrained; for speed measurements only).
+    ``resize``: ``squash`` (every image to 224 x 224) or ``fit`` (aspect kept, see ``Preprocess``).
     """
     backbone = create_backbone("resnet50", pretrained=weights)
     scales = MULTISCALE if multiscale else (1.0,)
     net = FeatureNet(backbone.pooled(pool, gem_p), backbone.preprocess, scales).eval()
     options = {"weights": weights, "pool": pool, "gem_p": gem_p, "multiscale": multiscale}
-    preprocess, dim, identity = backbone.preprocess, backbone.channels, backbone.identity
+    if resize != "squash":  # recorded only when given, so existing keys stay as they were
+        options["resize"] = resize
+    preprocess, dim, identity = replace(backbone.preprocess, resize=resize), backbone.channels, backbone.identity
     return Extractor("resnet50", net, preprocess, dim, options, identity=identity)
 
 
@@ -40,9 +48,14 @@ def resnet50(
     lite0_status,
 )
 def efficientnet_lite0(
-    weights: str | None = None, pool: str = "avg", gem_p: float = 3.0, multiscale: bool = False
+    weights: str | None = None,
+    pool: str = "avg",
+    gem_p: float = 3.0,
+    multiscale: bool = False,
+    resize: str = "squash",
 ) -> Extractor:
-    """EfficientNet-Lite0 (TF port) with ImageNet weights from the package, or ``weights`` file."""
+    """EfficientNet-Lite0 (TF port) with ImageNet weights from the package, or ``weights`` file;
+    ``resize`` as for ``resnet50``."""
     backbone = create_backbone("efficientnet-lite0", pretrained=weights or True)
     scales = MULTISCALE if multiscale else (1.0,)
     module = FeatureNet(backbone.pooled(pool, gem_p), backbone.preprocess, scales).eval()
@@ -52,5 +65,7 @@ def efficientnet_lite0(
         "gem_p": gem_p,
         "multiscale": multiscale,
     }
-    preprocess, dim, identity = backbone.preprocess, backbone.channels, backbone.identity
+    if resize != "squash":
+        options["resize"] = resize
+    preprocess, dim, identity = replace(backbone.preprocess, resize=resize), backbone.channels, backbone.identity
     return Extractor("efficientnet-lite0", module, preprocess, dim, options, identity=identity)

@@ -94,9 +94,12 @@ def with_regions(extractor: Extractor, levels: int, upscale: int = DEFAULT_UPSCA
         changes["graph"] = replace(extractor.graph, regions=tuple(boxes), region_size=(height, width))
     else:
         changes["module"] = RegionNet(extractor.module, (height, width), boxes)
+        if extractor.preprocess.resize != "squash":  # the ONNX trace would fix the boxes of one size
+            changes["exportable"] = False
+    pre = extractor.preprocess
     return replace(
         extractor,
-        preprocess=Preprocess(size, extractor.preprocess.mean, extractor.preprocess.std),
+        preprocess=Preprocess(size, pre.mean, pre.std, pre.resize),
         dim=extractor.dim * len(boxes),
         options={**extractor.options, "regions": levels, "region_upscale": upscale},
         **changes,

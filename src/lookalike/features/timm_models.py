@@ -396,6 +396,7 @@ def timm_extractor(
     gem_p: float = 3.0,
     multiscale: bool = False,
     crop_pct: float | None = None,
+    resize: str = "squash",
     *,
     label: str | None = None,
 ) -> Extractor:
@@ -403,7 +404,8 @@ def timm_extractor(
 
     ``weights``: None (pretrained: cached, or downloaded by timm), a local file, or ``random``;
     ``size``: input size (default the model's); ``crop_pct``: the share kept by the centre crop
-    (default the model's; 1 keeps the whole image).
+    (default the model's; 1 keeps the whole image); ``resize``: ``squash`` or ``fit`` (CNNs only:
+    aspect kept, the whole image, no centre crop; see ``Preprocess``).
     """
     label = label or f"{PREFIX}:{name}"
     if crop_pct is not None and not 0.1 <= crop_pct <= 1.0:
@@ -412,15 +414,19 @@ def timm_extractor(
     backbone = _backbone(model, label)
     if multiscale and not backbone.map_channels:
         raise InputError(f"{label}: multiscale needs a CNN; this model has a fixed token grid")
+    if resize != "squash" and not backbone.map_channels:
+        raise InputError(f"{label}: resize={resize} needs a CNN; this model has a fixed token grid")
     body = backbone.pooled(pool, gem_p)
     assert isinstance(body, TimmPooled)
     # as timm's eval transform: resize to size / crop_pct, keep the centre (the loader resizes the
-    # whole image to a square, where timm keeps the aspect ratio)
+    # whole image to a square, where timm keeps the aspect ratio); fit keeps the whole image
     crop = model.crop_pct if crop_pct is None else float(crop_pct)
     scaled = (math.floor(model.size[0] / crop), math.floor(model.size[1] / crop))
+    if resize != "squash":
+        crop, scaled = 1.0, model.size
     if scaled != model.size:
         body.crop = (model.size, scaled)
-    preprocess = Preprocess(scaled, model.mean, model.std)
+    preprocess = Preprocess(scaled, model.mean, model.std, resize)
     module = FeatureNet(body, preprocess, MULTISCALE if multiscale else (1.0,)).eval()
     dim = backbone.map_channels if pool is not None else backbone.channels
     options = {
@@ -431,6 +437,8 @@ def timm_extractor(
         "multiscale": multiscale,
         "crop_pct": crop_pct,
     }
+    if resize != "squash":  # recorded only when given, so existing keys stay as they were
+        options["resize"] = resize
     identity = {**model.identity, "model": model.name, "crop_pct": crop, "interpolation": model.interpolation}
     return Extractor(label, module, preprocess, dim, options, identity=identity)
 
