@@ -33,8 +33,11 @@ from lookalike.samples import make_copy_detection_set, make_crop_copy_set
 HERE = Path(__file__).parent
 
 COPIES = ("efficientnet-lite0", PRESETS["copies"]["model_options"])
-COPIES_STEPS = {"whiten": True, "whiten_dim": 128}  # the copies preset's whitening (shrinkage 10)
-assert PRESETS["copies"]["refinement"] == COPIES_STEPS, "the copies preset changed: rename its rows"
+# the copies preset's whitening (shrinkage 10). Rows named "copies preset ..." below were measured
+# when this was the whole preset; since 2026-12-06 it also has query scales ("copies preset + query
+# scales" is the preset as it is now)
+COPIES_STEPS = {"whiten": True, "whiten_dim": 128}
+assert PRESETS["copies"]["refinement"] == {**COPIES_STEPS, "query_scales": True}, "the copies preset changed"
 # the pick of benchmarks/whitening.py on validation sets: ranks copies better, costs dedup and classes
 VALIDATED_STEPS = {"whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.1}
 # its pick for a selfsup model trained on disc-copies seed 8
@@ -53,6 +56,20 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "GeM + multi-scale + whitening 128": COPIES + (COPIES_STEPS,),  # the copies preset
     # the copies preset with aspect-kept inputs (--resize fit: small crops are not blown up)
     "copies preset + resize fit": (COPIES[0], {**COPIES[1], "resize": "fit"}, COPIES_STEPS),
+    # queries described at each scale too (--query-scales): a gallery image scores its best view
+    "copies preset + query scales": COPIES + ({**COPIES_STEPS, "query_scales": True},),
+    "copies preset + query scales + score norm k=10": COPIES
+    + ({**COPIES_STEPS, "query_scales": True, "score_norm": 10},),
+    "copies preset + resize fit + query scales": (
+        COPIES[0],
+        {**COPIES[1], "resize": "fit"},
+        {**COPIES_STEPS, "query_scales": True},
+    ),
+    "copies preset + resize fit + query scales + score norm k=10": (
+        COPIES[0],
+        {**COPIES[1], "resize": "fit"},
+        {**COPIES_STEPS, "query_scales": True, "score_norm": 10},
+    ),
     "GeM + multi-scale + whitening 64, shrinkage 0.1": COPIES + (VALIDATED_STEPS,),
     "regions 2": ("efficientnet-lite0", {}, {"regions": 2}),
     "regions 3": ("efficientnet-lite0", {}, {"regions": 3}),
@@ -143,6 +160,9 @@ def main() -> None:
         "--rows", nargs="+", default=None, help="Default: every row (with --selfsup: its own rows)."
     )
     parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the cache here.")
+    parser.add_argument(
+        "--name", default=None, help="Write benchmarks/out/copies-NAME.json (a partial run keeps the full one's file)."
+    )
     parser.add_argument("--selfsup", type=Path, default=None, help="A selfsup checkpoint: add its rows.")
     parser.add_argument(
         "--selfsup-set", choices=["crop-copies", "disc-copies"], help="The set the checkpoint was trained on."
@@ -195,6 +215,8 @@ def main() -> None:
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     name = "copies-selfsup.json" if args.selfsup else "copies.json"  # keep the full run's results
+    if args.name:
+        name = f"copies-{args.name}.json"
     (out / name).write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(
         "\n| configuration | " + " | ".join(f"{s} top-1 | mAP | µAP | search ms/q" for s in args.sets) + " |"

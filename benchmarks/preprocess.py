@@ -34,11 +34,12 @@ from lookalike.config import PRESETS
 from lookalike.extract import DecodedImages
 from lookalike.features.base import MULTISCALE
 from lookalike.images import DEFAULT_MAX_PIXELS, load_image
+from lookalike.steps import PCAWhitening
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
-from whitening import PRESET, measure  # noqa: E402
+from whitening import PRESET, measure, ranked_metrics  # noqa: E402
 
 VAL = [("crop-copies", 1), ("crop-copies", 2), ("crop-copies", 3), ("disc-copies", 8), ("disc-copies", 9)]
 TEST = [("crop-copies", 0), ("disc-copies", 7)]
@@ -54,6 +55,8 @@ class Variant:
     fit: bool = False
     scales: tuple[float, ...] = MULTISCALE
     angles: tuple[float, ...] = (0.0,)
+    query_max: bool = False  # queries: one descriptor per scale, each gallery image scored by the best
+    with_mean: bool = False  # with query_max: the usual (mean) descriptor is one of the query's views too
 
 
 VARIANTS = {
@@ -64,6 +67,10 @@ VARIANTS = {
     "fit-192": Variant(size=192, fit=True),
     "scales+sqrt2": Variant(scales=(2**0.5, *MULTISCALE)),
     "turns-20": Variant(angles=(-20.0, 0.0, 20.0)),
+    "squash-224+query-max": Variant(query_max=True),
+    "fit-224+query-max": Variant(fit=True, query_max=True),
+    "squash-224+query-max+mean": Variant(query_max=True, with_mean=True),
+    "fit-224+query-max+mean": Variant(fit=True, query_max=True, with_mean=True),
 }
 
 
@@ -85,13 +92,15 @@ def pixels(path: Path, v: Variant) -> torch.Tensor:
 
 
 @torch.no_grad()
-def features(net: torch.nn.Module, paths: list[Path], v: Variant) -> np.ndarray:
-    """The preset's descriptors (normalised mean over scales and angles) under variant ``v``."""
+def features(net: torch.nn.Module, paths: list[Path], v: Variant, per_scale: bool = False) -> np.ndarray:
+    """The preset's descriptors (normalised mean over scales and angles) under variant ``v``;
+    ``per_scale``: (views, n, d), each scale's descriptor normalised on its own (after the mean
+    descriptor with ``v.with_mean``)."""
     batch = 1 if v.fit else 32  # fitted images differ in size
     out = []
     for s in range(0, len(paths), batch):
         x = (torch.stack([pixels(p, v) for p in paths[s : s + batch]]) - net.mean) / net.std
-        total = torch.zeros(())
+        parts = []
         for angle in v.angles:
             turned = TF.rotate(x, angle, interpolation=TF.InterpolationMode.BILINEAR) if angle else x
             for scale in v.scales:
@@ -102,9 +111,21 @@ def features(net: torch.nn.Module, paths: list[Path], v: Variant) -> np.ndarray:
                         turned, scale_factor=scale, mode="bilinear", align_corners=False
                     )
                 )
-                total = total + net._embed(xs)  # FeatureNet's own per-scale step
-        out.append(torch.nn.functional.normalize(total, dim=1).numpy())
-    return np.concatenate(out)
+                parts.append(net._embed(xs))  # FeatureNet's own per-scale step
+        if per_scale:
+            views = [sum(parts), *parts] if v.with_mean else parts
+            out.append(torch.nn.functional.normalize(torch.stack(views), dim=2).numpy())
+        else:
+            out.append(torch.nn.functional.normalize(sum(parts), dim=1).numpy())
+    return np.concatenate(out, axis=1 if per_scale else 0)
+
+
+def measure_query_max(data: dict, dim: int | None, shrinkage: float) -> tuple[float, float, float]:
+    """(top-1, mAP, µAP) as ``whitening.measure``, each gallery image scored by its best query scale."""
+    white = PCAWhitening(dim, shrinkage).fit(data["g"])
+    g = white.transform(data["g"])
+    sims = np.max([white.transform(q) @ g.T for q in data["q"]], axis=0)
+    return ranked_metrics(sims, data["Q"], data["G"])
 
 
 def main() -> None:
@@ -127,8 +148,11 @@ def main() -> None:
         for label in args.variants:
             v = VARIANTS[label]
             for key, (Q, G) in sets.items():
-                data = {"q": features(net, Q.paths, v), "g": features(net, G.paths, v), "Q": Q, "G": G}
-                results.setdefault(label, {})[key] = measure(data, *PRESET)
+                q = features(net, Q.paths, v, per_scale=v.query_max)
+                data = {"q": q, "g": features(net, G.paths, v), "Q": Q, "G": G}
+                results.setdefault(label, {})[key] = (measure_query_max if v.query_max else measure)(
+                    data, *PRESET
+                )
                 print(label, key, "{:.3f} / {:.3f} / {:.3f}".format(*results[label][key]), flush=True)
     val_keys, test_keys = [f"{n}:{s}" for n, s in VAL], [f"{n}:{s}" for n, s in TEST]
     score = {label: float(np.mean([cells[k][1] for k in val_keys])) for label, cells in results.items()}

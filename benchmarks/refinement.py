@@ -46,6 +46,11 @@ ROWS: list[tuple[str, dict, Refinement]] = [
     ("GeM + multi-scale + k-reciprocal", {"pool": "gem", "multiscale": True}, Refinement(rerank="k-reciprocal")),
     ("GeM + DBA + QE + k-reciprocal", {"pool": "gem"}, Refinement(dba=3, qe=3, rerank="k-reciprocal")),
     (
+        "GeM + multi-scale + whitening 128-d + query scales",
+        {"pool": "gem", "multiscale": True},
+        Refinement(whiten=True, whiten_dim=128, query_scales=True),
+    ),
+    (
         "GeM + multi-scale + whitening 64-d, shrinkage 0.1",
         {"pool": "gem", "multiscale": True},
         Refinement(whiten=True, whiten_dim=64, whiten_shrinkage=0.1),
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--sets", nargs="+", default=["orl", "fmnist", "copies", "hard-copies", "disc-copies"])
     parser.add_argument("--rows", nargs="+", default=None, help="Labels of the rows to run (default all; the baseline always).")
+    parser.add_argument("--name", default=None, help="Write out/refinement-NAME.json (a partial run keeps the full file).")
     args = parser.parse_args()
     rows = [r for r in ROWS if r is ROWS[0] or args.rows is None or r[0] in args.rows]
     unknown = set(args.rows or ()) - {r[0] for r in ROWS}
@@ -100,7 +106,8 @@ def main() -> None:
             cells.append(f"{m:.3f} ({delta:+.3f}) | {t:.3f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
     (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "refinement.json").write_text(json.dumps(results, indent=2))
+    out = f"refinement-{args.name}.json" if args.name else "refinement.json"
+    (HERE / "out" / out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

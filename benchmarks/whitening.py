@@ -62,16 +62,15 @@ def features(model: str, name: str, seed: int, tmp: Path, opts: ExtractOptions) 
 def measure(data: dict[str, Any], dim: int | None, shrinkage: float) -> tuple[float, float, float]:
     """(top-1, mAP, µAP) with whitening (``dim``, ``shrinkage``) fitted on the set's gallery."""
     white = PCAWhitening(dim, shrinkage).fit(data["g"])
-    sims = white.transform(data["q"]) @ white.transform(data["g"]).T
+    return ranked_metrics(white.transform(data["q"]) @ white.transform(data["g"]).T, data["Q"], data["G"])
+
+
+def ranked_metrics(sims: np.ndarray, Q: ImageSet, G: ImageSet) -> tuple[float, float, float]:
+    """(top-1, mAP, µAP) of a (queries x gallery) similarity matrix."""
     order = np.argsort(-sims, axis=1, kind="stable")
     head = order[:, :10]
     m = evaluate_rankings(
-        [(0, order)],
-        data["Q"].labels,
-        data["G"].labels,
-        data["Q"].names,
-        head=head,
-        head_scores=np.take_along_axis(sims, head, 1),
+        [(0, order)], Q.labels, G.labels, Q.names, head=head, head_scores=np.take_along_axis(sims, head, 1)
     )
     return m.top_k[1], m.mean_ap, float(m.micro_ap)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,13 +72,19 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
 
     copies = SearchConfig.from_preset("copies")
     assert copies.model_options == {"pool": "gem", "multiscale": True}
-    assert copies.refinement.whiten and copies.refinement.whiten_dim == 128
+    assert copies.refinement.whiten and copies.refinement.whiten_dim == 128 and copies.refinement.query_scales
+    # the preset's query scales go with its multi-scale model and give way to query regions
+    assert not SearchConfig.from_preset("copies", model_options={"multiscale": False}).refinement.query_scales
+    regional = SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True}).refinement
+    assert regional.query_regions and not regional.query_scales
+    with pytest.raises(InputError, match="give one"):
+        SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True, "query_scales": True})
     assert PRESETS["copies"]["measured"]  # each preset says what it was measured on
     mine = SearchConfig.from_preset(
         "copies", model_options={"pool": "mac"}, refinement={"whiten_dim": 64, "whiten_shrinkage": 0.1}
     )
     assert mine.model_options["pool"] == "mac" and mine.refinement.whiten_dim == 64
-    assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1}}
+    assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1}, "query_scales": True}
     off = SearchConfig.from_preset("copies", refinement={"whiten": False})
     assert not off.refinement.whiten and off.refinement.whiten_dim is None
     stored = SearchConfig.from_preset("copies", refinement={"whiten_shrinkage": 0.3}).index_postprocess()
@@ -131,6 +138,20 @@ def test_options_that_cannot_apply_are_refused_not_ignored(photo_set: tuple[Path
         pipeline.search(*photo_set, model="orb", metric="euclidean")
     with pytest.raises(InputError, match="--alpha"):
         Refinement(qe=2, alpha=float("nan"))
+    from lookalike.config import SearchConfig
+    from lookalike.dedup import find_duplicates
+
+    for preset, steps, flags in (
+        ("copies", {"score_norm": 3}, "--score-norm"),
+        ("copies", {"regions": 2, "query_regions": True}, "--regions, --query-regions"),
+        (None, {"query_scales": True, "score_norm": 2, "background": str(photo_set[1])}, "--query-scales, --score-norm, --background"),
+    ):
+        config = SearchConfig.from_preset(preset, refinement=steps)
+        with pytest.raises(InputError, match=f"^{flags}: search-time option"):
+            find_duplicates(photo_set[1], config=config)
+    # the preset's own query scales are dropped, not refused: dedup --preset copies works
+    found = find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies", refinement={"whiten_dim": 4}))
+    assert found.settings["refinement"] == {"whiten": {"dim": 4, "shrinkage": 10.0}}
 
 
 def test_a_preset_serves_both_the_build_and_the_search(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
@@ -143,9 +164,17 @@ def test_a_preset_serves_both_the_build_and_the_search(photo_set: tuple[Path, Pa
     built = CliRunner().invoke(app, ["index", "build", str(photo_set[1]), "-o", str(index), *common])
     assert built.exit_code == 0, built.output
     plain = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), "-q", "-o", str(tmp_path / "a.json")])
-    again = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), *common, "-o", str(tmp_path / "b.json")])
+    again = CliRunner().invoke(
+        app, ["search", str(photo_set[0]), str(index), *common, "--no-query-scales", "-o", str(tmp_path / "b.json")]
+    )
     assert plain.exit_code == 0 and again.exit_code == 0, again.output
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()  # stored steps not run twice
+    scaled = CliRunner().invoke(
+        app, ["search", str(photo_set[0]), str(index), *common, "--summary", str(tmp_path / "s.json")]
+    )
+    assert scaled.exit_code == 0, scaled.output
+    steps = json.loads((tmp_path / "s.json").read_text())["refinement"]
+    assert steps["query_scales"] is True and steps["index"]["whiten"]["dim"] == 4
     other = CliRunner().invoke(app, ["search", str(photo_set[0]), str(index), "--pool", "mac", "-q"])
     assert other.exit_code == 2 and "pool" in other.output
 

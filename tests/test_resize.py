@@ -11,7 +11,7 @@ from PIL import Image
 
 from lookalike import ExtractOptions, ImageSet, create_extractor, embed
 from lookalike.errors import InputError
-from lookalike.extract import DecodedImages, decode_on_device, run_by_size
+from lookalike.extract import DecodedImages, decode_on_device, merge_sizes, run_by_size
 from lookalike.features.base import FIT_MIN_SIDE, Preprocess
 from lookalike.features.regions import with_regions
 from lookalike.samples import sample_photo
@@ -93,6 +93,20 @@ def test_run_by_size_keeps_order() -> None:
     tensors = [torch.full((3, 4 + i % 2, 4), float(i)) for i in range(5)]
     out = run_by_size(lambda x: x.mean(dim=(1, 2, 3))[:, None].numpy(), tensors, 1)
     np.testing.assert_allclose(out[:, 0], np.arange(5.0))
+
+
+def test_parts_of_one_size_reach_the_runner_together() -> None:
+    """CPU-decoded, device-decoded and fallback parts of a batch that share a size become one tensor
+    (one runner call), their ids in the order of their rows."""
+    parts = [
+        ([0, 2], torch.full((2, 3, 4, 4), 0)),
+        ([1], torch.full((1, 3, 5, 4), 1)),
+        ([3, 5], torch.full((2, 3, 4, 4), 3)),
+        ([4], torch.full((1, 3, 4, 4), 4)),
+    ]
+    merged = merge_sizes(parts)
+    assert [(ids, tuple(x.shape)) for ids, x in merged] == [([0, 2, 3, 5, 4], (5, 3, 4, 4)), ([1], (1, 3, 5, 4))]
+    assert merged[0][1][:, 0, 0, 0].tolist() == [0, 0, 3, 3, 4]
 
 
 def test_device_decoder_fits(mixed_sizes: Path) -> None:

@@ -130,6 +130,20 @@ def by_size(items: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], torc
     return [(ids, torch.stack(tensors)) for ids, tensors in groups.values()]
 
 
+def merge_sizes(parts: list[tuple[list[int], torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
+    """Join the parts of a batch that share one pixel shape into one tensor, so the runner sees one
+    call per input size however the pixels were decoded (CPU, device, CPU fallback)."""
+    shapes: dict[tuple[int, ...], list[tuple[list[int], torch.Tensor]]] = {}
+    for ids, pixels in parts:
+        shapes.setdefault(tuple(pixels.shape[1:]), []).append((ids, pixels))
+    return [
+        (group[0][0], group[0][1])
+        if len(group) == 1
+        else ([i for ids, _ in group for i in ids], torch.cat([pixels for _, pixels in group]))
+        for group in shapes.values()
+    ]
+
+
 def run_by_size(runner: Runner, tensors: list[torch.Tensor], dim: int) -> np.ndarray:
     """The runner's (n, dim) features of pixel tensors that may differ in size, in their order."""
     out = np.zeros((len(tensors), dim), dtype=np.float32)
@@ -515,7 +529,7 @@ class _Job:
                     skipped.append(self._skip(self.todo[batch.jpeg_ids[pos]], reason))
                 else:
                     parts.append(([batch.jpeg_ids[pos]], tensor[None].to(device)))
-        return parts
+        return merge_sizes(parts)
 
     def _skip(self, i: int, reason: str) -> Skipped:
         if self.opts.strict:

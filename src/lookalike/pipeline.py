@@ -15,6 +15,7 @@ from .errors import InputError, NothingToProcessError
 from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
 from .features import Extractor
 from .features.regions import region_boxes, with_regions
+from .features.scale_views import view_count, with_scale_views
 from .fileio import printable, write_json
 from .images import ImageSet
 from .index import GalleryIndex, is_index
@@ -339,17 +340,34 @@ def gallery_side(
     g_set = _as_image_set(gallery, gallery_labels)
     extractor = _as_extractor(model or DEFAULT_MODEL, model_options)
     levels = refinement.regions if refinement is not None else 0
+    query = _query_extractor(extractor, refinement)
     if not levels:
-        return GallerySide(extractor=extractor, metric=metric or "cosine", images=g_set)
+        return GallerySide(
+            extractor=extractor,
+            metric=metric or "cosine",
+            images=g_set,
+            query_extractor=query,
+            query_regions=view_count(query),
+        )
     regional = with_regions(extractor, levels)
+    if refinement.query_regions:
+        query = regional
     return GallerySide(
         extractor=regional,
         metric=metric or "cosine",
         images=g_set,
-        query_extractor=regional if refinement.query_regions else extractor,
+        query_extractor=query,
         regions=len(region_boxes(levels)),
-        query_regions=len(region_boxes(levels)) if refinement.query_regions else 1,
+        query_regions=len(region_boxes(levels)) if refinement.query_regions else view_count(query),
     )
+
+
+def _query_extractor(whole: Extractor, refinement: Refinement | None) -> Extractor:
+    """How queries are described against a gallery of ``whole`` images' vectors: as the gallery is,
+    or with the scale views of ``--query-scales``."""
+    if refinement is not None and refinement.query_scales:
+        return with_scale_views(whole)
+    return whole
 
 
 @dataclass
@@ -374,6 +392,7 @@ class Refinement(Postprocess):
     background: str | Path | None = None
     regions: int = 0
     query_regions: bool = False
+    query_scales: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -405,6 +424,10 @@ class Refinement(Postprocess):
             raise InputError(
                 "--background with --regions is not supported: --score-norm uses the gallery then"
             )
+        if self.query_scales and self.query_regions:
+            raise InputError(
+                "--query-scales and --query-regions each describe a query by several vectors: give one"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The active steps and their parameters (empty when none is on)."""
@@ -425,6 +448,8 @@ class Refinement(Postprocess):
                 "count": len(region_boxes(self.regions)),
                 "query": self.query_regions,
             }
+        if self.query_scales:
+            out["query_scales"] = True
         if self.score_norm:
             out["score_norm"] = {
                 "k": self.score_norm,
@@ -491,7 +516,7 @@ class GallerySide:
     _searchable: tuple[Any, Postprocess | None] | None = field(default=None, repr=False)
     query_extractor: Extractor | None = None  # another view of the queries (whole image vs regions)
     regions: int = 1  # region vectors per gallery image (see features.regions)
-    query_regions: int = 1
+    query_regions: int = 1  # vectors per query: its regions or its scale views (features.scale_views)
 
     @property
     def labelled(self) -> bool:
@@ -587,10 +612,13 @@ class GallerySide:
                 names = [name for name in index.names for _ in range(self.regions)]
                 inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
                 searched = RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
-            elif refine.whiten or refine.dba:
-                searched = GalleryIndex.from_embeddings(
-                    self.vectors, index.names, index.labels, metric=self.metric
-                )
+            else:
+                if refine.whiten or refine.dba:
+                    searched = GalleryIndex.from_embeddings(
+                        self.vectors, index.names, index.labels, metric=self.metric
+                    )
+                if self.query_regions > 1:  # scale views: a gallery image scores its best view's match
+                    searched = RegionIndex(searched, 1, self.query_regions, index.names, index.labels)
             self._searchable = (searched, steps)
         return self._searchable
 
@@ -601,9 +629,9 @@ class GallerySide:
         stored whitening; the search-time whitening and query expansion) and :meth:`searchable`."""
         searched, steps = self.searchable(refine)
         queries = np.asarray(queries, dtype=np.float32)
-        if self.regions > 1:
+        if self.regions > 1 or self.query_regions > 1:
             queries = queries.reshape(-1, self.index.dim // self.regions)
-        elif self.images is None and self.index.post.active:
+        if self.images is None and self.index.post.active:  # (an index of regions stores no steps)
             queries = self.index.post.queries(queries)
         if steps is not None:
             queries = steps.queries(queries, self.vectors)
@@ -621,7 +649,7 @@ class GallerySide:
                 raise InputError(
                     f"--score-norm {refine.score_norm}: the gallery has only {len(self.index)} images"
                 )
-            return ScoreNormalisation(refine.score_norm)
+            return ScoreNormalisation(refine.score_norm, views=self.query_regions)
         found = _embed_set(self.extractor, ImageSet.from_path(refine.background), opts, "background")
         background = found.features
         if self.images is None and self.index.post.active:
@@ -629,7 +657,9 @@ class GallerySide:
         _, steps = self.searchable(refine)
         if steps is not None:
             background = steps.whitened(background)
-        return ScoreNormalisation(refine.score_norm, background=np.ascontiguousarray(background, np.float32))
+        return ScoreNormalisation(
+            refine.score_norm, background=np.ascontiguousarray(background, np.float32), views=self.query_regions
+        )
 
     def reranker(
         self, refine: Refinement, queries: np.ndarray, query_set: ImageSet, opts: ExtractOptions
@@ -639,8 +669,11 @@ class GallerySide:
             return None
         self.searchable(refine)  # the searched vectors
         gallery = self.vectors
-        if self.regions > 1:  # the re-ranker compares whole images: their first region each
+        # the re-ranker compares whole images: their first region (a query's first view: its
+        # usual descriptor) each
+        if self.regions > 1:
             gallery = gallery.reshape(-1, self.regions, gallery.shape[1])[:, 0]
+        if self.query_regions > 1:
             queries = queries.reshape(-1, self.query_regions, queries.shape[1])[:, 0]
         return refine.reranker(queries, gallery, query_set, self.readable, opts)
 
@@ -724,19 +757,27 @@ def _index_side(
         )
     extractor = index.extractor()
     if not index.regions:
-        return GallerySide(extractor=extractor, metric=index.metric, index=index)
+        query = _query_extractor(extractor, refinement)
+        return GallerySide(
+            extractor=extractor,
+            metric=index.metric,
+            index=index,
+            query_extractor=query,
+            query_regions=view_count(query),
+        )
     regions = len(region_boxes(index.regions))
     by_regions = refinement is not None and refinement.query_regions
     whole = _as_extractor(
         index.model["name"], {k: v for k, v in index.model["options"].items() if "region" not in k}
     )
+    query = extractor if by_regions else _query_extractor(whole, refinement)
     return GallerySide(
         extractor=extractor,
         metric=index.metric,
         index=index,
-        query_extractor=extractor if by_regions else whole,
+        query_extractor=query,
         regions=regions,
-        query_regions=regions if by_regions else 1,
+        query_regions=regions if by_regions else view_count(query),
     )
 
 

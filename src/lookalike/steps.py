@@ -306,11 +306,14 @@ class ScoreNormalisation:
     unrelated images, so one threshold means the same for every query (a query that resembles
     everything is discounted, a distinctive one is not). The ranking of each query is unchanged;
     thresholds, µAP and dedup decisions change. Without ``background`` vectors the gallery itself
-    is the background: its k-th score is already in the short list, so that costs nothing."""
+    is the background: its k-th score is already in the short list, so that costs nothing.
+    ``views``: each query is that many consecutive rows (its scale views), scored by the best one,
+    against the background as against the gallery."""
 
     k: int
     beta: float = 1.0
     background: np.ndarray | None = field(default=None, repr=False)
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -333,7 +336,24 @@ class ScoreNormalisation:
             if head_scores.shape[1] < self.k:
                 raise InputError(f"--score-norm {self.k}: the gallery has only {head_scores.shape[1]} images")
             kth = head_scores[:, self.k - 1]
-        else:
+        elif self.views == 1:
             _, sims = topk(np.asarray(queries, np.float32), self.background, self.k)
             kth = sims[:, self.k - 1]
+        else:
+            kth = self._kth_best_view(np.asarray(queries, np.float32))
         return self.beta * np.asarray(kth, dtype=np.float32)
+
+    def _kth_best_view(self, queries: np.ndarray) -> np.ndarray:
+        """(n,) the k-th background similarity when a background image scores its best match over
+        each query's ``views`` rows: every one of the top k under that score is in some view's own
+        top k, so those lists, each image at its best, hold it."""
+        ids, sims = topk(queries, self.background, self.k)
+        ids, sims = ids.reshape(-1, self.views * self.k), sims.reshape(-1, self.views * self.k)
+        kth = np.empty(len(ids), dtype=np.float32)
+        for i, (row_ids, row_sims) in enumerate(zip(ids, sims, strict=True)):
+            best: dict[int, float] = {}
+            for j, v in zip(row_ids.tolist(), row_sims.tolist(), strict=True):
+                if j >= 0 and v > best.get(j, -np.inf):
+                    best[j] = v
+            kth[i] = sorted(best.values(), reverse=True)[self.k - 1]
+        return kth

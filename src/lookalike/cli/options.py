@@ -148,6 +148,14 @@ SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
         _opt(bool | None, "--query-regions/--no-query-regions", help="Search by the queries' regions too."),
         None,
     ),
+    "query_scales": (
+        _opt(
+            bool | None,
+            "--query-scales/--no-query-scales",
+            help="Also describe queries at each scale of a multi-scale model; results score their best.",
+        ),
+        None,
+    ),
 }
 LABELS = {
     "query_labels": (_opt(Path | None, "--query-labels", help="path,label CSV for the queries."), None),

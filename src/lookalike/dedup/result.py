@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import default_cache_dir
-from ..config import SearchConfig
+from ..config import PRESETS, SearchConfig
 from ..errors import InputError, NothingToProcessError
 from ..extract import ExtractOptions, embed, resolve_device
 from ..features import Extractor
@@ -259,6 +259,7 @@ def find_duplicates(
         raise InputError(
             "--rerank re-orders search results; dedup verifies pairs with --verify sift|surf instead"
         )
+    config = _without_search_only_steps(config)
     for option, path in (("FOLDER", collection), ("--reference", reference)):
         if path is not None and not Path(path).exists():
             raise InputError(f"{option} {path}: no such file or folder")
@@ -449,6 +450,35 @@ def in_memory_index(
     if nprobe is not None:
         index.backend.nprobe = nprobe
     return index
+
+
+# query-side steps of a search that dedup, which compares each image's one vector with the
+# others', has no use for: refused when given, dropped when only a preset holds them
+SEARCH_ONLY_STEPS = {
+    "regions": "--regions",
+    "query_regions": "--query-regions",
+    "query_scales": "--query-scales",
+    "score_norm": "--score-norm",
+    "background": "--background",
+}
+
+
+def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
+    """``config`` without the search-only steps its preset holds; a one-line error for those the
+    user gave (dedup would otherwise ignore them silently)."""
+    preset = PRESETS[config.preset or "default"].get("refinement", {})
+    refine = config.refinement
+    on = [name for name in SEARCH_ONLY_STEPS if getattr(refine, name)]
+    given = [SEARCH_ONLY_STEPS[name] for name in on if getattr(refine, name) != preset.get(name)]
+    if given:
+        raise InputError(
+            f"{', '.join(given)}: search-time option(s) that dedup does not apply (it compares each "
+            "image's one vector with the others'): drop them"
+        )
+    if not on:
+        return config
+    defaults = Refinement()
+    return replace(config, refinement=replace(refine, **{name: getattr(defaults, name) for name in on}))
 
 
 def _search_time_steps(refine: Refinement, index: GalleryIndex) -> Refinement:

@@ -87,13 +87,24 @@ class FeatureNet(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.body(x).float(), p=2.0, dim=1, eps=1e-12)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def scale_descriptors(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The normalised (n, d) descriptor of 0..255 ``pixels`` at each of ``scales``, in order."""
         x = (pixels - self.mean) / self.std
-        total = self._embed(x)
+        views = [self._embed(x)]
         for scale in self.scales[1:]:
             small = nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-            total = total + self._embed(small)
-        return total if len(self.scales) == 1 else nn.functional.normalize(total, p=2.0, dim=1, eps=1e-12)
+            views.append(self._embed(small))
+        return views
+
+    @staticmethod
+    def combine(views: list[torch.Tensor]) -> torch.Tensor:
+        """One descriptor from the per-scale ones: their normalised sum (the single one as it is)."""
+        if len(views) == 1:
+            return views[0]
+        return nn.functional.normalize(torch.stack(views).sum(dim=0), p=2.0, dim=1, eps=1e-12)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.scale_descriptors(pixels))
 
 
 @dataclass(frozen=True)

@@ -108,14 +108,19 @@ def with_regions(extractor: Extractor, levels: int, upscale: int = DEFAULT_UPSCA
 
 def rebuild_extractor(name: str, options: dict) -> Extractor:
     """The extractor ``name`` with ``options`` as :attr:`Extractor.options` holds them (a saved
-    index, a Ray worker): the region options set by :func:`with_regions` are not the model's own,
-    so the plain model is built and wrapped again (options without ``region_upscale``, as a
-    plug-in or a hand-made manifest may give, get the default)."""
+    index, a Ray worker): the region options set by :func:`with_regions` and the query views of
+    :func:`~lookalike.features.scale_views.with_scale_views` are not the model's own, so the plain
+    model is built and wrapped again (options without ``region_upscale``, as a plug-in or a
+    hand-made manifest may give, get the default)."""
     from . import create_extractor
+    from .scale_views import OPTION, with_scale_views
 
     options = dict(options)
     levels, upscale = options.pop("regions", 0), options.pop("region_upscale", None)
+    views = options.pop(OPTION, 0)
     extractor = create_extractor(name, **options)
+    if views:
+        extractor = with_scale_views(extractor)
     return with_regions(extractor, levels, DEFAULT_UPSCALE if upscale is None else upscale) if levels else extractor
 
 
