@@ -127,7 +127,9 @@ def test_padding_of_approximate_indexes_is_never_written() -> None:
     assert run.to_json(scores=True) == {"q.jpg": [{"image": "b", "score": 0.9}]}
 
 
-def test_options_that_cannot_apply_are_refused_not_ignored(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+def test_options_that_cannot_apply_are_refused_not_ignored(
+    photo_set: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from lookalike import pipeline
     from lookalike.errors import InputError
     from lookalike.pipeline import Refinement
@@ -152,6 +154,9 @@ def test_options_that_cannot_apply_are_refused_not_ignored(photo_set: tuple[Path
     # the preset's own query scales are dropped, not refused: dedup --preset copies works
     found = find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies", refinement={"whiten_dim": 4}))
     assert found.settings["refinement"] == {"whiten": {"dim": 4, "shrinkage": 10.0}}
+    caplog.clear()
+    find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies"))  # the preset's own threshold
+    assert "default threshold" not in caplog.text  # the preset as dedup runs it: no warning
 
 
 def test_a_preset_serves_both_the_build_and_the_search(photo_set: tuple[Path, Path], tmp_path: Path) -> None:

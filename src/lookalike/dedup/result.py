@@ -373,7 +373,7 @@ def _changed_settings(config: SearchConfig, model: str, cut: Threshold) -> list[
     model's defaults, or a preset's settings when the cut is the preset's own row."""
     base = SearchConfig()
     if cut.source.startswith(f"default for {default_key(model, config.preset)}") and config.preset:
-        base = SearchConfig.from_preset(config.preset)
+        base = _without_search_only_steps(SearchConfig.from_preset(config.preset))  # as dedup runs it
     options = [k for k, v in config.model_options.items() if v is not None and base.model_options.get(k) != v]
     ours, theirs = config.refinement.describe(), base.refinement.describe()
     return options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
