@@ -57,6 +57,11 @@ class Variant:
     angles: tuple[float, ...] = (0.0,)
     query_max: bool = False  # queries: one descriptor per scale, each gallery image scored by the best
     with_mean: bool = False  # with query_max: the usual (mean) descriptor is one of the query's views too
+    gallery_squash: bool = False  # with fit: only the queries are fitted, the gallery is squashed
+
+    def gallery(self) -> Variant:
+        """How the gallery's images are read (the same, or squashed with ``gallery_squash``)."""
+        return Variant(self.size, False, self.scales, self.angles) if self.gallery_squash else self
 
 
 VARIANTS = {
@@ -71,6 +76,8 @@ VARIANTS = {
     "fit-224+query-max": Variant(fit=True, query_max=True),
     "squash-224+query-max+mean": Variant(query_max=True, with_mean=True),
     "fit-224+query-max+mean": Variant(fit=True, query_max=True, with_mean=True),
+    "query-fit-224": Variant(fit=True, gallery_squash=True),
+    "query-fit-224+query-max+mean": Variant(fit=True, query_max=True, with_mean=True, gallery_squash=True),
 }
 
 
@@ -149,7 +156,7 @@ def main() -> None:
             v = VARIANTS[label]
             for key, (Q, G) in sets.items():
                 q = features(net, Q.paths, v, per_scale=v.query_max)
-                data = {"q": q, "g": features(net, G.paths, v), "Q": Q, "G": G}
+                data = {"q": q, "g": features(net, G.paths, v.gallery()), "Q": Q, "G": G}
                 results.setdefault(label, {})[key] = (measure_query_max if v.query_max else measure)(
                     data, *PRESET
                 )

@@ -180,3 +180,42 @@ def test_a_saved_index_calibrates_like_its_folder(photo_set: tuple[Path, Path], 
     assert (from_index.threshold, from_index.recall) == (from_folder.threshold, from_folder.recall)
     with pytest.raises(InputError, match="index"):
         calibrate(query, tmp_path / "idx", k=5, gallery_labels=tmp_path / "labels.csv")
+
+
+def test_a_threshold_is_for_the_steps_it_was_measured_with(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    """A file records the refinement it was measured with; a search, a server or a dedup whose
+    score-changing steps differ refuse it in one line, and whitening stored in an index counts the
+    same as whitening fitted at search time. Files without the record (older ones) still load."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.dedup import find_duplicates
+    from lookalike.pipeline import Refinement
+    from lookalike.server import create_app
+
+    query, gallery = photo_set
+    white = SearchConfig(model="pixels", refinement=Refinement(whiten=True, whiten_dim=8))
+    out = calibrate(query, gallery, 0.9, config=white, k=3).write(tmp_path / "w.json")
+    doc = json.loads(out.read_text())
+    assert doc["refinement"] == {"whiten": {"dim": 8, "shrinkage": 10.0}}
+    kept = lookalike.search(query, gallery, k=3, config=white, min_score=out)  # the same steps: accepted
+    assert kept.min_score == doc["threshold"]
+    with pytest.raises(InputError, match=r"w\.json: a threshold measured with other steps \(whiten") as info:
+        lookalike.search(query, gallery, k=3, config=PIXELS, min_score=out)
+    assert "\n" not in str(info.value)
+    scaled = SearchConfig(model="pixels", refinement=Refinement(whiten=True, whiten_dim=8, qe=2))
+    with pytest.raises(InputError, match="qe"):
+        lookalike.search(query, gallery, k=3, config=scaled, min_score=out)
+    built = _invoke("index", "build", gallery, "-o", tmp_path / "idx", "-m", "pixels", "--whiten", "--whiten-dim", "8", "-q")
+    assert built.exit_code == 0, built.output
+    lookalike.search(query, tmp_path / "idx", k=3, min_score=out)  # stored whitening: the same steps
+    with TestClient(create_app(tmp_path / "idx", min_score=out)):
+        pass
+    find_duplicates(tmp_path / "idx", threshold_file=out)
+    with pytest.raises(InputError, match="other steps"):
+        find_duplicates(gallery, config=PIXELS, threshold_file=out)
+    (tmp_path / "scaled.json").write_text(json.dumps({**doc, "refinement": {**doc["refinement"], "query_scales": True}}))
+    with pytest.raises(InputError, match=r"query_scales True there, off here.*\(here: --no-query-scales\)"):
+        load_threshold(tmp_path / "scaled.json", refinement={"index": {"whiten": {"dim": 8, "requested_dim": 8, "shrinkage": 10.0}}})
+    del doc["refinement"]  # a file from before steps were recorded: taken as it is
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    lookalike.search(query, gallery, k=3, config=PIXELS, min_score=tmp_path / "old.json")

@@ -55,6 +55,7 @@ class Calibration:
     k: int
     chosen: int | None = None
     skipped: dict[str, list[Any]] = field(default_factory=dict)
+    refinement: dict[str, Any] = field(default_factory=dict)  # the search's steps, as a run reports them
 
     @property
     def reached(self) -> bool:
@@ -92,6 +93,7 @@ class Calibration:
             "score": self.score,
             "higher_is_better": self.curve.higher_is_better,
             "model": self.model,
+            "refinement": self.refinement,
             "target_precision": self.target_precision,
             "precision": self.precision,
             "recall": self.recall,
@@ -205,7 +207,7 @@ def calibrate(
     higher = is_higher_better(run.metric)
     curve = precision_recall_curve(scores, hits, n_positives, higher_is_better=higher)
     chosen = curve.best_for_precision(precision) if n_positives else None
-    return Calibration(float(precision), run.metric, run.model, curve, k, chosen, run.skipped)
+    return Calibration(float(precision), run.metric, run.model, curve, k, chosen, run.skipped, run.refinement)
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,16 @@ class Threshold:
 
 
 def load_threshold(
-    path: str | Path, score: str | None = None, model: str | dict[str, Any] | None = None
+    path: str | Path,
+    score: str | None = None,
+    model: str | dict[str, Any] | None = None,
+    refinement: dict[str, Any] | None = None,
 ) -> Threshold:
     """Read a threshold file written by ``lookalike calibrate``; with ``score`` (the search's
-    ``SearchRun.metric``, e.g. "cosine") or ``model`` (a name or ``describe()`` dict), a file
-    measured on another kind of score or another model is refused with one line."""
+    ``SearchRun.metric``, e.g. "cosine"), ``model`` (a name or ``describe()`` dict) or
+    ``refinement`` (the steps as a run reports them), a file measured on another kind of score,
+    another model or with other score-changing steps is refused with one line (a file that
+    records no steps, as older ones, is taken as it is)."""
     p = Path(path)
     where = printable(str(p))
     try:
@@ -259,6 +266,8 @@ def load_threshold(
     stored = doc.get("model") if isinstance(doc.get("model"), dict) else {}
     if model is not None:
         _check_model(where, stored, model)
+    if refinement is not None and isinstance(doc.get("refinement"), dict):
+        _check_steps(where, doc["refinement"], refinement)
     higher = doc.get("higher_is_better")
     return Threshold(
         value=float(value),
@@ -273,11 +282,14 @@ def load_threshold(
 
 
 def threshold_value(
-    value: float | str | Path, score: str | None = None, model: str | dict[str, Any] | None = None
+    value: float | str | Path,
+    score: str | None = None,
+    model: str | dict[str, Any] | None = None,
+    refinement: dict[str, Any] | None = None,
 ) -> float:
     """A score threshold given as a number (or its text, as ``--min-score 0.8``) or as a file written
-    by ``lookalike calibrate`` (checked against ``score`` and ``model`` as :func:`load_threshold`
-    does): one place for ``search --min-score``, ``serve --min-score`` and the server's requests."""
+    by ``lookalike calibrate`` (checked against ``score``, ``model`` and ``refinement`` as
+    :func:`load_threshold` does): one place for ``search --min-score``, ``serve --min-score`` and the server's requests."""
     if isinstance(value, bool):
         raise InputError(f"--min-score must be a number or a threshold file, got {value!r}")
     if isinstance(value, int | float):
@@ -286,7 +298,7 @@ def threshold_value(
         try:
             number = float(str(value))
         except ValueError:
-            return float(load_threshold(value, score=score, model=model))
+            return float(load_threshold(value, score=score, model=model, refinement=refinement))
     if not math.isfinite(number):
         raise InputError(f"--min-score must be a finite number or a threshold file, got {value!r}")
     return number
@@ -305,3 +317,42 @@ def _check_model(where: str, stored: dict[str, Any], model: str | dict[str, Any]
             f"{where}: a threshold measured with {name} options {stored.get('options')}, not {model['options']}; "
             "calibrate with the same options"
         )
+
+
+def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
+    """The steps of a run's refinement (``SearchRun.refinement``, a search's or an index's) that
+    change what a score means, in one form whether they ran at search time or were stored with
+    the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales,
+    regions and score normalisation's k. Re-ranking names its own kind of score."""
+    index = refinement.get("index") if isinstance(refinement.get("index"), dict) else {}
+    out: dict[str, Any] = {}
+    whiten = refinement.get("whiten") or index.get("whiten")
+    if whiten:
+        out["whiten"] = {"dim": whiten.get("requested_dim", whiten.get("dim")), "shrinkage": whiten.get("shrinkage")}
+    for step in ("dba", "qe"):
+        found = refinement.get(step) or index.get(step)
+        if found:
+            out[step] = {"k": found.get("k"), "alpha": found.get("alpha")}
+    if refinement.get("query_scales"):
+        out["query_scales"] = True
+    regions = refinement.get("regions")
+    if regions:
+        out["regions"] = {"levels": regions.get("levels"), "query": bool(regions.get("query"))}
+    norm = refinement.get("score_norm")
+    if norm:
+        out["score_norm"] = {"k": norm.get("k")}
+    return out
+
+
+def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a threshold measured with other score-changing steps than this run's."""
+    ours, theirs = score_steps(current), score_steps(stored)
+    if ours == theirs:
+        return
+    differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+    shown = ", ".join(f"{k} {theirs.get(k, 'off')} there, {ours.get(k, 'off')} here" for k in differ)
+    hint = " (here: --no-query-scales)" if "query_scales" in theirs and "query_scales" not in ours else ""
+    raise InputError(
+        f"{where}: a threshold measured with other steps ({shown}); scores change with them: "
+        f"calibrate again with the same refinement{hint}"
+    )

@@ -98,7 +98,7 @@ class SearchRun:
         list may end early or be empty. Similarities pass at or above it, distances at or below."""
         from .calibrate import threshold_value
 
-        threshold = threshold_value(min_score, score=self.metric, model=self.model)
+        threshold = threshold_value(min_score, score=self.metric, model=self.model, refinement=self.refinement)
         keep = accepts(self.scores, threshold, higher_is_better=is_higher_better(self.metric)) & (
             self.indices >= 0
         )

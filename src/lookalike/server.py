@@ -227,8 +227,10 @@ class Searcher:
 
     def threshold(self, min_score: float | str | Path) -> float:
         """A score threshold from a number or a ``lookalike calibrate`` file, which must be for
-        this server's kind of score and model (one line saying why not)."""
-        return threshold_value(min_score, score=self.score_name, model=self.extractor.describe())
+        this server's kind of score, model and steps (one line saying why not)."""
+        return threshold_value(
+            min_score, score=self.score_name, model=self.extractor.describe(), refinement=self.describe()
+        )
 
     def search_file(
         self, path: Path, k: int, max_pixels: int, min_score: float | None = None

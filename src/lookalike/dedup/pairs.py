@@ -123,10 +123,11 @@ def resolve_threshold(
     *,
     preset: str | None = None,
     verify: str | None = None,
+    refinement: dict[str, Any] | None = None,
 ) -> Threshold:
     """The threshold for a search whose scores are ``score`` with ``model``: ``value`` if given,
     else the one in ``threshold_file`` (written by ``lookalike calibrate``; refused when its score
-    kind differs), else ``DEFAULT_THRESHOLDS`` (see :func:`default_threshold`); a one-line
+    kind, model or score-changing steps, ``refinement``, differ), else ``DEFAULT_THRESHOLDS`` (see :func:`default_threshold`); a one-line
     InputError when there is none."""
     if value is not None and threshold_file is not None:
         raise InputError("give --threshold or --threshold-file, not both")
@@ -135,7 +136,7 @@ def resolve_threshold(
             raise InputError(f"--threshold must be a finite number, got {value}")
         return Threshold(float(value), score, "--threshold")
     if threshold_file is not None:
-        return read_threshold_file(threshold_file, score, model)
+        return read_threshold_file(threshold_file, score, model, refinement)
     found = default_threshold(score, model, preset, verify)
     if found is None:
         raise InputError(
@@ -145,17 +146,19 @@ def resolve_threshold(
     return found
 
 
-def read_threshold_file(path: str | Path, score: str, model: str | dict[str, Any]) -> Threshold:
+def read_threshold_file(
+    path: str | Path, score: str, model: str | dict[str, Any], refinement: dict[str, Any] | None = None
+) -> Threshold:
     """The threshold of a file written by ``lookalike calibrate`` (read by
     :func:`lookalike.calibrate.load_threshold`, which refuses a file measured on another kind of
-    score or another model, in one line)."""
+    score, another model or other score-changing steps, in one line)."""
     from ..calibrate import load_threshold
 
     try:  # a bare {"threshold", "score"} file names no model: then there is none to compare
         names_model = "model" in json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         names_model = True  # load_threshold says what is wrong with it
-    loaded = load_threshold(path, score=score, model=model if names_model else None)
+    loaded = load_threshold(path, score=score, model=model if names_model else None, refinement=refinement)
     return Threshold(float(loaded.value), loaded.score, f"--threshold-file {path}")
 
 

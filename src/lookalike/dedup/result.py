@@ -275,7 +275,10 @@ def find_duplicates(
     if config.model is None and stored_model is None:
         config = replace(config, model=model_name)
     score = "inliers" if local else (config.metric or stored_metric or "cosine")
-    cut = resolve_threshold(score, model_name, threshold, threshold_file, preset=config.preset, verify=verify)
+    steps = None if local else _dedup_steps(config, reference or collection)
+    cut = resolve_threshold(
+        score, model_name, threshold, threshold_file, preset=config.preset, verify=verify, refinement=steps
+    )
     changed = _changed_settings(config, model_name, cut)
     if cut.source.startswith("default") and changed and not local:
         log.warning(
@@ -377,6 +380,22 @@ def _changed_settings(config: SearchConfig, model: str, cut: Threshold) -> list[
     options = [k for k, v in config.model_options.items() if v is not None and base.model_options.get(k) != v]
     ours, theirs = config.refinement.describe(), base.refinement.describe()
     return options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
+
+
+def _dedup_steps(config: SearchConfig, source: str | Path) -> dict[str, Any]:
+    """The steps dedup's scores go through, as a run reports them: ``config``'s (search-only ones
+    already left out) and those a saved index stores (under ``index``), for checking a threshold
+    file against them."""
+    out = config.refinement.describe()
+    if is_index(source):
+        try:
+            manifest = json.loads((Path(source) / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return out  # GalleryIndex.open says what is wrong with it
+        stored = manifest.get("postprocess") if isinstance(manifest, dict) else None
+        if isinstance(stored, dict) and stored:
+            out["index"] = stored
+    return out
 
 
 def _stored_model(source: str | Path) -> tuple[str | None, str | None]:
