@@ -60,6 +60,12 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "copies preset + query scales": COPIES + ({**COPIES_STEPS, "query_scales": True},),
     "copies preset + query scales + score norm k=10": COPIES
     + ({**COPIES_STEPS, "query_scales": True, "score_norm": 10},),
+    # queries fitted (not blown up), the gallery squashed as for dedup
+    "copies preset + query scales + query fit": COPIES
+    + ({**COPIES_STEPS, "query_scales": True, "query_resize": "fit"},),
+    "copies preset + query scales + query fit + score norm k=10": COPIES
+    + ({**COPIES_STEPS, "query_scales": True, "query_resize": "fit", "score_norm": 10},),
+    "copies preset + query fit": COPIES + ({**COPIES_STEPS, "query_resize": "fit"},),
     "copies preset + resize fit + query scales": (
         COPIES[0],
         {**COPIES[1], "resize": "fit"},

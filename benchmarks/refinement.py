@@ -51,6 +51,11 @@ ROWS: list[tuple[str, dict, Refinement]] = [
         Refinement(whiten=True, whiten_dim=128, query_scales=True),
     ),
     (
+        "GeM + multi-scale + whitening 128-d + query scales + query fit",
+        {"pool": "gem", "multiscale": True},
+        Refinement(whiten=True, whiten_dim=128, query_scales=True, query_resize="fit"),
+    ),
+    (
         "GeM + multi-scale + whitening 64-d, shrinkage 0.1",
         {"pool": "gem", "multiscale": True},
         Refinement(whiten=True, whiten_dim=64, whiten_shrinkage=0.1),

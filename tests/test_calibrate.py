@@ -214,8 +214,21 @@ def test_a_threshold_is_for_the_steps_it_was_measured_with(photo_set: tuple[Path
     with pytest.raises(InputError, match="other steps"):
         find_duplicates(gallery, config=PIXELS, threshold_file=out)
     (tmp_path / "scaled.json").write_text(json.dumps({**doc, "refinement": {**doc["refinement"], "query_scales": True}}))
-    with pytest.raises(InputError, match=r"query_scales True there, off here.*\(here: --no-query-scales\)"):
+    with pytest.raises(InputError, match=r"query_scales: on there, off here\).*\(with --no-query-scales for a search without them"):
         load_threshold(tmp_path / "scaled.json", refinement={"index": {"whiten": {"dim": 8, "requested_dim": 8, "shrinkage": 10.0}}})
+    normed = {**doc, "refinement": {"score_norm": {"k": 2, "background": "elsewhere/"}}}
+    (tmp_path / "normed.json").write_text(json.dumps(normed))
+    with pytest.raises(InputError, match="score_norm: k 2, background True there, k 2, background False here"):
+        load_threshold(tmp_path / "normed.json", refinement={"score_norm": {"k": 2, "background": None}})
+    # an index of regions is searched by them with or without --regions: one threshold serves both
+    regional = SearchConfig(model="pixels", refinement=Refinement(regions=2))
+    by_regions = calibrate(query, gallery, 0.5, config=regional, k=3).write(tmp_path / "r.json")
+    built = _invoke("index", "build", gallery, "-o", tmp_path / "ridx", "-m", "pixels", "--regions", "2", "-q")
+    assert built.exit_code == 0, built.output
+    lookalike.search(query, tmp_path / "ridx", k=3, min_score=by_regions)
+    lookalike.search(query, tmp_path / "ridx", k=3, refinement=Refinement(regions=2), min_score=by_regions)
+    with pytest.raises(InputError, match="region_upscale.*calibrate with the same options"):  # the model's options
+        lookalike.search(query, gallery, k=3, config=PIXELS, min_score=by_regions)
     del doc["refinement"]  # a file from before steps were recorded: taken as it is
     (tmp_path / "old.json").write_text(json.dumps(doc))
     lookalike.search(query, gallery, k=3, config=PIXELS, min_score=tmp_path / "old.json")

@@ -77,6 +77,8 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
     assert not SearchConfig.from_preset("copies", model_options={"multiscale": False}).refinement.query_scales
     regional = SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True}).refinement
     assert regional.query_regions and not regional.query_scales
+    verified = SearchConfig.from_preset("copies", refinement={"rerank": "sift"}).refinement
+    assert verified.rerank == "sift" and not verified.query_scales
     with pytest.raises(InputError, match="give one"):
         SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True, "query_scales": True})
     assert PRESETS["copies"]["measured"]  # each preset says what it was measured on
@@ -140,6 +142,10 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
         pipeline.search(*photo_set, model="orb", metric="euclidean")
     with pytest.raises(InputError, match="--alpha"):
         Refinement(qe=2, alpha=float("nan"))
+    with pytest.raises(InputError, match="--query-scales, --score-norm do not apply"):
+        pipeline.search(*photo_set, model="surf", refinement=Refinement(query_scales=True, score_norm=2))
+    with pytest.raises(InputError, match="^--query-scales with --rerank sift: .* give one"):
+        Refinement(query_scales=True, rerank="sift")
     from lookalike.config import SearchConfig
     from lookalike.dedup import find_duplicates
 

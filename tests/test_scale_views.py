@@ -1,4 +1,5 @@
-"""--query-scales: a multi-scale model's queries described at each scale too, scored by their best view."""
+"""Query-side reading: --query-scales (a multi-scale model's queries described at each scale too,
+scored by their best view) and --query-resize (queries read another way than the gallery)."""
 
 from __future__ import annotations
 
@@ -153,3 +154,52 @@ def test_query_scales_with_score_norm_and_the_cli(photo_set: tuple[Path, Path], 
     assert doc["refinement"]["query_scales"] is True and doc["refinement"]["score_norm"]["k"] == 3
     refused = CliRunner().invoke(app, [*args[:5], "--no-multiscale", "--query-scales", "-q"])
     assert refused.exit_code == 2 and "multiscale" in refused.output and "Traceback" not in refused.output
+    # compare's -m names bare models, none of them multi-scale: it does not offer the option
+    compare = CliRunner().invoke(app, ["compare", str(query), str(gallery), "-m", "pixels", "--query-scales"])
+    assert compare.exit_code == 2 and "No such option" in compare.output
+
+
+def test_query_resize_reads_only_the_queries_another_way(
+    multiscale, photo_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--query-resize fit: the gallery's vectors stay squashed (the same cache, the same index),
+    the queries are read with their aspect kept; with --query-scales too, their views are of the
+    fitted pixels. The same from a saved index; a model without resize, query regions, an unknown
+    value and dedup refuse it in one line; a resize the gallery already has is no step."""
+    from lookalike.dedup import find_duplicates
+    from lookalike.index import build_index
+
+    query, gallery = photo_set
+    opts = _opts(tmp_path)
+    fitted = create_extractor(MODEL, **MODEL_OPTIONS, resize="fit")
+    g = embed(multiscale, ImageSet.from_path(gallery), opts).features
+    for refine, q_extractor in (
+        (Refinement(query_resize="fit"), fitted),
+        (Refinement(query_resize="fit", query_scales=True), with_scale_views(fitted)),
+    ):
+        run = lookalike.search(query, gallery, model=MODEL, model_options=MODEL_OPTIONS, k=4, options=opts,
+                               refinement=refine)
+        views = view_count(q_extractor)
+        q = embed(q_extractor, ImageSet.from_path(query), opts).features.reshape(-1, views, multiscale.dim)
+        best = np.einsum("qvd,gd->qgv", q, g).max(axis=2)
+        expected = np.argsort(-best, axis=1, kind="stable")[:, :4]
+        assert run.indices.tolist() == expected.tolist()
+        np.testing.assert_allclose(run.scores, np.take_along_axis(best, expected, axis=1), atol=1e-5)
+        assert run.refinement["query_resize"] == "fit"
+    plain = lookalike.search(query, gallery, model=MODEL, model_options=MODEL_OPTIONS, k=4, options=opts)
+    assert np.abs(plain.scores - run.scores).max() > 1e-3
+    build_index(gallery, tmp_path / "s.index", model=MODEL, model_options=MODEL_OPTIONS, options=opts)
+    saved = lookalike.search(query, tmp_path / "s.index", k=4, options=opts, refinement=refine)
+    assert saved.indices.tolist() == run.indices.tolist()
+    np.testing.assert_allclose(saved.scores, run.scores, atol=1e-5)
+    same = lookalike.search(query, gallery, model=MODEL, model_options={**MODEL_OPTIONS, "resize": "fit"}, k=4,
+                            options=opts, refinement=Refinement(query_resize="fit"))
+    assert "query_resize" not in same.refinement  # the gallery is read that way already
+    with pytest.raises(InputError, match="^--query-resize fit: model 'pixels': unknown option"):
+        lookalike.search(query, gallery, model="pixels", options=opts, refinement=Refinement(query_resize="fit"))
+    with pytest.raises(InputError, match="give one"):
+        Refinement(regions=2, query_regions=True, query_resize="fit")
+    with pytest.raises(InputError, match="--query-resize: unknown value 'crop'"):
+        Refinement(query_resize="crop")
+    with pytest.raises(InputError, match="^--query-resize: search-time"):
+        find_duplicates(gallery, config=SearchConfig(model="pixels", refinement=Refinement(query_resize="fit")))

@@ -322,8 +322,9 @@ def _check_model(where: str, stored: dict[str, Any], model: str | dict[str, Any]
 def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
     """The steps of a run's refinement (``SearchRun.refinement``, a search's or an index's) that
     change what a score means, in one form whether they ran at search time or were stored with
-    the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales,
-    regions and score normalisation's k. Re-ranking names its own kind of score."""
+    the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales and
+    resize, query regions and score normalisation (k, and whether a background set was given).
+    Re-ranking names its own kind of score; the gallery's regions are the model's options."""
     index = refinement.get("index") if isinstance(refinement.get("index"), dict) else {}
     out: dict[str, Any] = {}
     whiten = refinement.get("whiten") or index.get("whiten")
@@ -335,13 +336,26 @@ def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
             out[step] = {"k": found.get("k"), "alpha": found.get("alpha")}
     if refinement.get("query_scales"):
         out["query_scales"] = True
-    regions = refinement.get("regions")
-    if regions:
-        out["regions"] = {"levels": regions.get("levels"), "query": bool(regions.get("query"))}
+    if refinement.get("query_resize"):
+        out["query_resize"] = refinement["query_resize"]
+    regions = refinement.get("regions")  # (the gallery's regions are part of the model's options)
+    if regions and regions.get("query"):
+        out["query_regions"] = True
     norm = refinement.get("score_norm")
     if norm:
-        out["score_norm"] = {"k": norm.get("k")}
+        out["score_norm"] = {"k": norm.get("k"), "background": norm.get("background") is not None}
     return out
+
+
+def _shown(value: Any) -> str:
+    """A step's settings in a few words: ``dim 8, shrinkage 10.0``; ``on``; ``off``."""
+    if value is None:
+        return "off"
+    if value is True:
+        return "on"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
@@ -350,8 +364,10 @@ def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) ->
     if ours == theirs:
         return
     differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
-    shown = ", ".join(f"{k} {theirs.get(k, 'off')} there, {ours.get(k, 'off')} here" for k in differ)
-    hint = " (here: --no-query-scales)" if "query_scales" in theirs and "query_scales" not in ours else ""
+    shown = "; ".join(f"{k}: {_shown(theirs.get(k))} there, {_shown(ours.get(k))} here" for k in differ)
+    hint = ""
+    if "query_scales" in theirs and "query_scales" not in ours:
+        hint = " (with --no-query-scales for a search without them, as dedup's)"
     raise InputError(
         f"{where}: a threshold measured with other steps ({shown}); scores change with them: "
         f"calibrate again with the same refinement{hint}"

@@ -78,9 +78,14 @@ class SearchConfig:
             for key in ("whiten_dim", "whiten_shrinkage"):
                 if key not in given:
                     refine.pop(key, None)
-        # the preset's query scales need its multi-scale model and give way to query regions
-        if "query_scales" not in given and (not options.get("multiscale") or given.get("query_regions")):
+        # the preset's query scales need its multi-scale model and give way to query regions and to
+        # re-ranking (which compares one vector per query); its query resize gives way to query regions
+        if "query_scales" not in given and (
+            not options.get("multiscale") or given.get("query_regions") or given.get("rerank")
+        ):
             refine.pop("query_scales", None)
+        if "query_resize" not in given and given.get("query_regions"):
+            refine.pop("query_resize", None)
         known = {f.name for f in fields(Refinement) if f.init}
         unknown = sorted(set(refine) - known)
         if unknown:

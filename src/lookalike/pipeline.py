@@ -14,6 +14,7 @@ from .cache import default_cache_dir
 from .errors import InputError, NothingToProcessError
 from .extract import Embeddings, ExtractOptions, Skipped, embed, resolve_device
 from .features import Extractor
+from .features.base import RESIZES
 from .features.regions import region_boxes, with_regions
 from .features.scale_views import view_count, with_scale_views
 from .fileio import printable, write_json
@@ -320,7 +321,9 @@ def gallery_side(
         assert isinstance(method, LocalMethod)
         steps = (refinement or Refinement()).describe()
         if steps or metric is not None:
-            given = ", ".join([*(f"--{s}" for s in steps), *(["--metric"] if metric is not None else [])])
+            given = ", ".join(
+                [*(f"--{s.replace('_', '-')}" for s in steps), *(["--metric"] if metric is not None else [])]
+            )
             raise InputError(
                 f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} do not apply to it"
             )
@@ -364,10 +367,26 @@ def gallery_side(
 
 def _query_extractor(whole: Extractor, refinement: Refinement | None) -> Extractor:
     """How queries are described against a gallery of ``whole`` images' vectors: as the gallery is,
-    or with the scale views of ``--query-scales``."""
+    read another way (``--query-resize``), with the scale views of ``--query-scales``, or both."""
+    query = whole
+    if refinement is not None and refinement.query_resize not in (None, whole.preprocess.resize):
+        query = _resized(whole, refinement.query_resize)
     if refinement is not None and refinement.query_scales:
-        return with_scale_views(whole)
-    return whole
+        query = with_scale_views(query)
+    return query
+
+
+def _resized(extractor: Extractor, resize: str) -> Extractor:
+    """``extractor``'s model (the same weights and options) reading images by ``resize``."""
+    from .features import create_extractor
+
+    options = {k: v for k, v in extractor.options.items() if k != "resize"}
+    if resize != "squash":
+        options["resize"] = resize
+    try:
+        return create_extractor(extractor.name, **options)
+    except InputError as exc:
+        raise InputError(f"--query-resize {resize}: {exc}") from None
 
 
 @dataclass
@@ -393,6 +412,7 @@ class Refinement(Postprocess):
     regions: int = 0
     query_regions: bool = False
     query_scales: bool = False
+    query_resize: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -428,6 +448,17 @@ class Refinement(Postprocess):
             raise InputError(
                 "--query-scales and --query-regions each describe a query by several vectors: give one"
             )
+        if self.query_scales and self.rerank is not None:
+            raise InputError(
+                f"--query-scales with --rerank {self.rerank}: the re-ranker compares one vector per query "
+                "and would undo the best-view scores: give one"
+            )
+        if self.query_resize is not None and self.query_resize not in RESIZES:
+            raise InputError(f"--query-resize: unknown value {self.query_resize!r}; choose one of {', '.join(RESIZES)}")
+        if self.query_resize is not None and self.query_regions:
+            raise InputError(
+                "--query-resize reads whole-image queries; --query-regions cuts regions as the gallery's are: give one"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The active steps and their parameters (empty when none is on)."""
@@ -450,6 +481,8 @@ class Refinement(Postprocess):
             }
         if self.query_scales:
             out["query_scales"] = True
+        if self.query_resize is not None:
+            out["query_resize"] = self.query_resize
         if self.score_norm:
             out["score_norm"] = {
                 "k": self.score_norm,
@@ -565,8 +598,11 @@ class GallerySide:
         return replace(refine, **changes) if changes else refine
 
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
-        """The search-time steps, plus those stored with the index (under ``index``)."""
+        """The search-time steps, plus those stored with the index (under ``index``); a
+        ``--query-resize`` the gallery already reads images by is no step."""
         out = refine.describe()
+        if out.get("query_resize") == self.extractor.preprocess.resize:
+            del out["query_resize"]
         if self.images is None and self.index.post.active:
             out["index"] = self.index.post.describe()
         return out

@@ -156,6 +156,14 @@ SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
         ),
         None,
     ),
+    "query_resize": (
+        _opt(
+            str | None,
+            "--query-resize",
+            help="How queries reach a CNN (squash, fit; see --resize); the gallery keeps its own.",
+        ),
+        None,
+    ),
 }
 LABELS = {
     "query_labels": (_opt(Path | None, "--query-labels", help="path,label CSV for the queries."), None),
@@ -248,9 +256,10 @@ def _config(**values: Any) -> SearchConfig:
 
 CONFIG = Group("config", {**MODEL, **EXTRACT, **CACHE, **STORED_STEPS, **SEARCH_STEPS}, _config)
 # compare names its methods itself (-m repeated, each with its own defaults): the rest of a search
+# (--query-scales needs a multi-scale model, which compare's bare -m names cannot give)
 COMPARE_CONFIG = Group(
     "config",
-    {k: v for k, v in CONFIG.options.items() if k not in MODEL or k == "metric"},
+    {k: v for k, v in CONFIG.options.items() if (k not in MODEL or k == "metric") and k != "query_scales"},
     _config,
 )
 # what an index stores: the model, how images are read, the gallery-fitted steps and the regions

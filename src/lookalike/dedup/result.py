@@ -477,6 +477,7 @@ SEARCH_ONLY_STEPS = {
     "regions": "--regions",
     "query_regions": "--query-regions",
     "query_scales": "--query-scales",
+    "query_resize": "--query-resize",
     "score_norm": "--score-norm",
     "background": "--background",
 }

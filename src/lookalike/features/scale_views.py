@@ -45,7 +45,12 @@ def with_scale_views(extractor: Extractor) -> Extractor:
     """The query-side extractor of ``--query-scales``: the mean view then one view per scale (see
     the module); refused, in one line, for a model that is not multi-scale."""
     module = extractor.module
-    if not isinstance(module, FeatureNet) or len(module.scales) < 2:
+    if not isinstance(module, FeatureNet):
+        raise InputError(
+            f"--query-scales describes queries at each scale of a multi-scale model, and {extractor.name} "
+            "has no scales to describe them by (multi-scale CNNs have: efficientnet-lite0, resnet50, timm CNNs)"
+        )
+    if len(module.scales) < 2:
         raise InputError(
             f"--query-scales describes queries at each scale of a multi-scale model, and {extractor.name} "
             "is not one here: give -O multiscale=true (or --preset copies)"
