@@ -229,6 +229,11 @@ def test_a_threshold_is_for_the_steps_it_was_measured_with(photo_set: tuple[Path
     lookalike.search(query, tmp_path / "ridx", k=3, refinement=Refinement(regions=2), min_score=by_regions)
     with pytest.raises(InputError, match="region_upscale.*calibrate with the same options"):  # the model's options
         lookalike.search(query, gallery, k=3, config=PIXELS, min_score=by_regions)
+    for bad in ([1, 2], None, {"whiten": True}, {"index": {"dba": 3}}, {"query_scales": "false"}):
+        (tmp_path / "bad.json").write_text(json.dumps({**doc, "refinement": bad}))
+        with pytest.raises(InputError, match=r'bad\.json: "refinement" ') as info:
+            lookalike.search(query, gallery, k=3, config=white, min_score=tmp_path / "bad.json")
+        assert "\n" not in str(info.value)
     del doc["refinement"]  # a file from before steps were recorded: taken as it is
     (tmp_path / "old.json").write_text(json.dumps(doc))
     lookalike.search(query, gallery, k=3, config=PIXELS, min_score=tmp_path / "old.json")

@@ -79,6 +79,10 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
     assert regional.query_regions and not regional.query_scales
     verified = SearchConfig.from_preset("copies", refinement={"rerank": "sift"}).refinement
     assert verified.rerank == "sift" and not verified.query_scales
+    for off in (False, "false", "0", "off"):  # -O multiscale=false is text until the model reads it
+        assert not SearchConfig.from_preset("copies", model_options={"multiscale": off}).refinement.query_scales
+    with pytest.raises(InputError, match="option multiscale must be true or false, got 'banana'"):
+        SearchConfig.from_preset("copies", model_options={"multiscale": "banana"})
     with pytest.raises(InputError, match="give one"):
         SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True, "query_scales": True})
     assert PRESETS["copies"]["measured"]  # each preset says what it was measured on
@@ -136,9 +140,9 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
     from lookalike.errors import InputError
     from lookalike.pipeline import Refinement
 
-    with pytest.raises(InputError, match="--whiten do not apply"):
+    with pytest.raises(InputError, match="--whiten does not apply"):
         pipeline.search(*photo_set, model="surf", refinement=Refinement(whiten=True))
-    with pytest.raises(InputError, match="--metric do not apply"):
+    with pytest.raises(InputError, match="--metric does not apply"):
         pipeline.search(*photo_set, model="orb", metric="euclidean")
     with pytest.raises(InputError, match="--alpha"):
         Refinement(qe=2, alpha=float("nan"))
@@ -150,6 +154,7 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
     from lookalike.dedup import find_duplicates
 
     for preset, steps, flags in (
+        ("copies", {"query_scales": True}, "--query-scales"),  # given by hand, though the preset has it
         ("copies", {"score_norm": 3}, "--score-norm"),
         ("copies", {"regions": 2, "query_regions": True}, "--regions, --query-regions"),
         (None, {"query_scales": True, "score_norm": 2, "background": str(photo_set[1])}, "--query-scales, --score-norm, --background"),

@@ -157,6 +157,11 @@ def test_query_scales_with_score_norm_and_the_cli(photo_set: tuple[Path, Path], 
     # compare's -m names bare models, none of them multi-scale: it does not offer the option
     compare = CliRunner().invoke(app, ["compare", str(query), str(gallery), "-m", "pixels", "--query-scales"])
     assert compare.exit_code == 2 and "No such option" in compare.output
+    # a vector step beside a local method would be dropped for it unseen: refused
+    mixed = CliRunner().invoke(app, ["compare", str(query), str(gallery), "-m", "pixels", "-m", "sift", "--whiten",
+                                     "-o", str(tmp_path / "cmp")])
+    assert mixed.exit_code == 2 and "--whiten applies to vector methods, and sift ranks" in mixed.output
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_query_resize_reads_only_the_queries_another_way(

@@ -266,7 +266,9 @@ def load_threshold(
     stored = doc.get("model") if isinstance(doc.get("model"), dict) else {}
     if model is not None:
         _check_model(where, stored, model)
-    if refinement is not None and isinstance(doc.get("refinement"), dict):
+    if "refinement" in doc and not isinstance(doc["refinement"], dict):
+        raise InputError(f'{where}: "refinement" must be an object of steps, got {doc["refinement"]!r}')
+    if refinement is not None and "refinement" in doc:
         _check_steps(where, doc["refinement"], refinement)
     higher = doc.get("higher_is_better")
     return Threshold(
@@ -324,24 +326,35 @@ def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
     change what a score means, in one form whether they ran at search time or were stored with
     the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales and
     resize, query regions and score normalisation (k, and whether a background set was given).
-    Re-ranking names its own kind of score; the gallery's regions are the model's options."""
-    index = refinement.get("index") if isinstance(refinement.get("index"), dict) else {}
+    Re-ranking names its own kind of score; the gallery's regions are the model's options.
+    TypeError for a refinement that is not shaped as a run reports it."""
+
+    def step(where: dict[str, Any], name: str) -> dict[str, Any]:
+        value = where.get(name)
+        if value is None or value is False:
+            return {}
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} is {value!r}, not an object of settings")
+        return value
+
+    index = step(refinement, "index")
     out: dict[str, Any] = {}
-    whiten = refinement.get("whiten") or index.get("whiten")
+    whiten = step(refinement, "whiten") or step(index, "whiten")
     if whiten:
         out["whiten"] = {"dim": whiten.get("requested_dim", whiten.get("dim")), "shrinkage": whiten.get("shrinkage")}
-    for step in ("dba", "qe"):
-        found = refinement.get(step) or index.get(step)
+    for name in ("dba", "qe"):
+        found = step(refinement, name) or step(index, name)
         if found:
-            out[step] = {"k": found.get("k"), "alpha": found.get("alpha")}
-    if refinement.get("query_scales"):
-        out["query_scales"] = True
-    if refinement.get("query_resize"):
-        out["query_resize"] = refinement["query_resize"]
-    regions = refinement.get("regions")  # (the gallery's regions are part of the model's options)
-    if regions and regions.get("query"):
+            out[name] = {"k": found.get("k"), "alpha": found.get("alpha")}
+    for name, kind in (("query_scales", bool), ("query_resize", str)):
+        value = refinement.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} is {value!r}, not a {kind.__name__}")
+        if value:
+            out[name] = value
+    if step(refinement, "regions").get("query"):  # (the gallery's regions are the model's options)
         out["query_regions"] = True
-    norm = refinement.get("score_norm")
+    norm = step(refinement, "score_norm")
     if norm:
         out["score_norm"] = {"k": norm.get("k"), "background": norm.get("background") is not None}
     return out
@@ -360,7 +373,11 @@ def _shown(value: Any) -> str:
 
 def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a threshold measured with other score-changing steps than this run's."""
-    ours, theirs = score_steps(current), score_steps(stored)
+    ours = score_steps(current)
+    try:
+        theirs = score_steps(stored)
+    except TypeError as exc:
+        raise InputError(f'{where}: "refinement" is not as lookalike calibrate writes it: {exc}') from None
     if ours == theirs:
         return
     differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))

@@ -167,6 +167,16 @@ def compare(
     q_set = _image_set(query, query_labels, "query")
     g_set = _image_set(gallery, gallery_labels, "gallery")
     resolved = [resolve_method(m) for m in methods]  # global, local or checkpoint: all checked up front
+    steps = [f"--{k.replace('_', '-')}" for k in (refinement or Refinement()).describe()]
+    steps += ["--metric"] if metric is not None else []
+    local_names = [lab for lab, m in zip(labels, resolved, strict=True) if isinstance(m, LocalMethod)]
+    if steps and local_names:  # they rank by verified matches: vector steps would be dropped unseen
+        verb = "applies" if len(steps) == 1 else "apply"
+        rank = "ranks" if len(local_names) == 1 else "rank"
+        raise InputError(
+            f"{', '.join(steps)} {verb} to vector methods, and {', '.join(local_names)} {rank} by "
+            "RANSAC-verified matches: compare those methods in a run of their own"
+        )
     rows = []
     for label, method in zip(labels, resolved, strict=True):
         local = isinstance(method, LocalMethod)  # ranks by verified matches: no metric, no refinement

@@ -15,6 +15,7 @@ from .errors import InputError
 from .extract import ExtractOptions
 from .index.stored_steps import IndexPostprocess
 from .pipeline import DEFAULT_MODEL, Refinement
+from .registry import coerce
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
@@ -54,6 +55,7 @@ class SearchConfig:
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     refinement: Refinement = field(default_factory=Refinement)
     preset: str | None = None
+    given_steps: frozenset[str] = frozenset()  # the refinement fields given on top of the preset
 
     @classmethod
     def from_preset(
@@ -80,9 +82,9 @@ class SearchConfig:
                     refine.pop(key, None)
         # the preset's query scales need its multi-scale model and give way to query regions and to
         # re-ranking (which compares one vector per query); its query resize gives way to query regions
-        if "query_scales" not in given and (
-            not options.get("multiscale") or given.get("query_regions") or given.get("rerank")
-        ):
+        name = model or base.get("model") or DEFAULT_MODEL
+        multiscale = coerce(f"model {name!r}", "multiscale", options.get("multiscale", False), bool)
+        if "query_scales" not in given and (not multiscale or given.get("query_regions") or given.get("rerank")):
             refine.pop("query_scales", None)
         if "query_resize" not in given and given.get("query_regions"):
             refine.pop("query_resize", None)
@@ -97,6 +99,7 @@ class SearchConfig:
             extract=extract or ExtractOptions(),
             refinement=Refinement(**refine),
             preset=preset,
+            given_steps=frozenset(given),
         )
 
     @property

@@ -324,8 +324,9 @@ def gallery_side(
             given = ", ".join(
                 [*(f"--{s.replace('_', '-')}" for s in steps), *(["--metric"] if metric is not None else [])]
             )
+            verb = "does" if "," not in given else "do"
             raise InputError(
-                f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} do not apply to it"
+                f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} {verb} not apply to it"
             )
         if saved:
             raise InputError(f"{gallery} is an index of global features; local methods search image folders")

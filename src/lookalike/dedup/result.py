@@ -489,7 +489,11 @@ def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
     preset = PRESETS[config.preset or "default"].get("refinement", {})
     refine = config.refinement
     on = [name for name in SEARCH_ONLY_STEPS if getattr(refine, name)]
-    given = [SEARCH_ONLY_STEPS[name] for name in on if getattr(refine, name) != preset.get(name)]
+    given = [
+        SEARCH_ONLY_STEPS[name]
+        for name in on
+        if name in config.given_steps or getattr(refine, name) != preset.get(name)
+    ]
     if given:
         raise InputError(
             f"{', '.join(given)}: search-time option(s) that dedup does not apply (it compares each "

@@ -53,7 +53,8 @@ def with_scale_views(extractor: Extractor) -> Extractor:
     if len(module.scales) < 2:
         raise InputError(
             f"--query-scales describes queries at each scale of a multi-scale model, and {extractor.name} "
-            "is not one here: give -O multiscale=true (or --preset copies)"
+            "is not one here (efficientnet-lite0, resnet50 and timm CNNs take -O multiscale=true; "
+            "--preset copies sets it)"
         )
     views = 1 + len(module.scales)
     return replace(
