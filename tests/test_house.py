@@ -162,6 +162,13 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
         config = SearchConfig.from_preset(preset, refinement=steps)
         with pytest.raises(InputError, match=f"^{flags}: search-time option"):
             find_duplicates(photo_set[1], config=config)
+    from typer.testing import CliRunner
+
+    from lookalike.cli import app
+
+    for flags in (["--query-regions"], ["--background", str(photo_set[0])]):  # no detour via their companions
+        refused = CliRunner().invoke(app, ["dedup", str(photo_set[1]), *flags, "-q"])
+        assert refused.exit_code == 2 and f"error: {flags[0]}: search-time option" in refused.output
     # the preset's own query scales are dropped, not refused: dedup --preset copies works
     found = find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies", refinement={"whiten_dim": 4}))
     assert found.settings["refinement"] == {"whiten": {"dim": 4, "shrinkage": 10.0}}

@@ -29,7 +29,7 @@ from ..fileio import printable
 from ..index import is_index
 from ..index.store import MANIFEST
 from ._app import app, err, friendly, shown
-from .options import CONFIG, uses
+from .options import DEDUP_CONFIG, uses
 from .output import check_outputs
 
 _PANEL = "Dedup"
@@ -99,7 +99,7 @@ def _maintenance(
 
 @app.command()
 @friendly
-@uses(CONFIG)
+@uses(DEDUP_CONFIG)
 def dedup(
     folder: Annotated[
         Path | None,

@@ -255,6 +255,18 @@ def _config(**values: Any) -> SearchConfig:
 
 
 CONFIG = Group("config", {**MODEL, **EXTRACT, **CACHE, **STORED_STEPS, **SEARCH_STEPS}, _config)
+
+
+def _dedup_config(**values: Any) -> SearchConfig:
+    """``_config`` for dedup, which refuses the search-only options given to it before their own
+    checks run (those would ask for their companions, which dedup refuses too)."""
+    from ..dedup.result import SEARCH_ONLY_STEPS, refuse_search_only
+
+    refuse_search_only([flag for name, flag in SEARCH_ONLY_STEPS.items() if values.get(name)])
+    return _config(**values)
+
+
+DEDUP_CONFIG = Group("config", CONFIG.options, _dedup_config)
 # compare names its methods itself (-m repeated, each with its own defaults): the rest of a search
 # (--query-scales needs a multi-scale model, which compare's bare -m names cannot give)
 COMPARE_CONFIG = Group(

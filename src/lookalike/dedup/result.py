@@ -483,6 +483,15 @@ SEARCH_ONLY_STEPS = {
 }
 
 
+def refuse_search_only(flags: list[str]) -> None:
+    """One line refusing the search-only options ``flags`` (as ``--score-norm``) given to dedup."""
+    if flags:
+        raise InputError(
+            f"{', '.join(flags)}: search-time option(s) that dedup does not apply (it compares each "
+            "image's one vector with the others'): drop them"
+        )
+
+
 def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
     """``config`` without the search-only steps its preset holds; a one-line error for those the
     user gave (dedup would otherwise ignore them silently)."""
@@ -494,11 +503,7 @@ def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
         for name in on
         if name in config.given_steps or getattr(refine, name) != preset.get(name)
     ]
-    if given:
-        raise InputError(
-            f"{', '.join(given)}: search-time option(s) that dedup does not apply (it compares each "
-            "image's one vector with the others'): drop them"
-        )
+    refuse_search_only(given)
     if not on:
         return config
     defaults = Refinement()
