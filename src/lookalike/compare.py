@@ -21,7 +21,7 @@ from .images import ImageSet
 from .index import is_index
 from .methods import LocalMethod, method_label, resolve_method
 from .metrics import TOP_KS
-from .pipeline import Refinement, evaluate
+from .pipeline import Refinement, evaluate, vector_step_flags
 from .plots import figure, png_bytes
 
 FIGURES = tuple(f"top-{k}" for k in TOP_KS) + ("mAP",)
@@ -167,8 +167,7 @@ def compare(
     q_set = _image_set(query, query_labels, "query")
     g_set = _image_set(gallery, gallery_labels, "gallery")
     resolved = [resolve_method(m) for m in methods]  # global, local or checkpoint: all checked up front
-    steps = [f"--{k.replace('_', '-')}" for k in (refinement or Refinement()).describe()]
-    steps += ["--metric"] if metric is not None else []
+    steps = vector_step_flags(refinement, metric)
     local_names = [lab for lab, m in zip(labels, resolved, strict=True) if isinstance(m, LocalMethod)]
     if steps and local_names:  # they rank by verified matches: vector steps would be dropped unseen
         verb = "applies" if len(steps) == 1 else "apply"

@@ -143,3 +143,22 @@ def rankings_with_head(
             out[row, : len(first)] = first
             out[row, len(first) :] = rest
         yield q0, out
+
+
+def best_per_owner(
+    owners: np.ndarray, scores: np.ndarray, k: int, higher_is_better: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) owners and their best scores, best first (-1 pads): each row of ``owners`` /
+    ``scores`` (n, m) lists candidates, an owner possibly several times (the regions of one image,
+    or one image found by several views of a query); an owner counts once, at its best score."""
+    out_rows = np.full((len(owners), k), -1, dtype=np.int64)
+    out_scores = np.zeros((len(owners), k), dtype=np.float32)
+    for i in range(len(owners)):
+        valid = owners[i] >= 0
+        own, sc = owners[i][valid], scores[i][valid]
+        order = np.argsort(-sc if higher_is_better else sc, kind="stable")
+        own, sc = own[order], sc[order]
+        _, first = np.unique(own, return_index=True)
+        first = np.sort(first)[:k]  # each owner's best, in rank order
+        out_rows[i, : len(first)], out_scores[i, : len(first)] = own[first], sc[first]
+    return out_rows, out_scores

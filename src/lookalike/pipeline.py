@@ -319,14 +319,12 @@ def gallery_side(
     if isinstance(model, LocalMethod) or is_local_method(model):
         method = resolve_method(model, model_options)
         assert isinstance(method, LocalMethod)
-        steps = (refinement or Refinement()).describe()
-        if steps or metric is not None:
-            given = ", ".join(
-                [*(f"--{s.replace('_', '-')}" for s in steps), *(["--metric"] if metric is not None else [])]
-            )
-            verb = "does" if "," not in given else "do"
+        flags = vector_step_flags(refinement, metric)
+        if flags:
+            verb = "does" if len(flags) == 1 else "do"
             raise InputError(
-                f"{method.name} ranks by RANSAC-verified matches, not by vectors: {given} {verb} not apply to it"
+                f"{method.name} ranks by RANSAC-verified matches, not by vectors: {', '.join(flags)} {verb} "
+                "not apply to it"
             )
         if saved:
             raise InputError(f"{gallery} is an index of global features; local methods search image folders")
@@ -364,6 +362,13 @@ def gallery_side(
         regions=len(region_boxes(levels)),
         query_regions=len(region_boxes(levels)) if refinement.query_regions else view_count(query),
     )
+
+
+def vector_step_flags(refinement: Refinement | None, metric: str | None) -> list[str]:
+    """The options given (``--whiten``, ``--query-scales``, ``--metric``...) that only vector
+    methods use: what a local method has to refuse."""
+    steps = [f"--{name.replace('_', '-')}" for name in (refinement or Refinement()).describe()]
+    return steps + (["--metric"] if metric is not None else [])
 
 
 def _query_extractor(whole: Extractor, refinement: Refinement | None) -> Extractor:
@@ -706,11 +711,8 @@ class GallerySide:
             return None
         self.searchable(refine)  # the searched vectors
         gallery = self.vectors
-        # the re-ranker compares whole images: their first region (a query's first view: its
-        # usual descriptor) each
-        if self.regions > 1:
+        if self.regions > 1:  # the re-ranker compares whole images: their first region each
             gallery = gallery.reshape(-1, self.regions, gallery.shape[1])[:, 0]
-        if self.query_regions > 1:
             queries = queries.reshape(-1, self.query_regions, queries.shape[1])[:, 0]
         return refine.reranker(queries, gallery, query_set, self.readable, opts)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import atomic_write
-from .knn import topk
+from .knn import best_per_owner, topk
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -348,12 +348,6 @@ class ScoreNormalisation:
         each query's ``views`` rows: every one of the top k under that score is in some view's own
         top k, so those lists, each image at its best, hold it."""
         ids, sims = topk(queries, self.background, self.k)
-        ids, sims = ids.reshape(-1, self.views * self.k), sims.reshape(-1, self.views * self.k)
-        kth = np.empty(len(ids), dtype=np.float32)
-        for i, (row_ids, row_sims) in enumerate(zip(ids, sims, strict=True)):
-            best: dict[int, float] = {}
-            for j, v in zip(row_ids.tolist(), row_sims.tolist(), strict=True):
-                if j >= 0 and v > best.get(j, -np.inf):
-                    best[j] = v
-            kth[i] = sorted(best.values(), reverse=True)[self.k - 1]
-        return kth
+        width = self.views * self.k
+        _, best = best_per_owner(ids.reshape(-1, width), np.asarray(sims, np.float32).reshape(-1, width), self.k)
+        return best[:, self.k - 1]

@@ -270,12 +270,13 @@ def find_duplicates(
     local = is_local_method(config.model)
     if local and backend is not None:
         raise InputError(f"--backend: {config.model} matches local features; it searches no vector index")
-    stored_model, stored_metric = _stored_model(reference or collection)
+    manifest = _manifest(reference or collection)
+    stored_model, stored_metric = _stored_model(manifest)
     model_name = config.model or stored_model or _file_model(threshold_file) or dedup_default_model(config)
     if config.model is None and stored_model is None:
         config = replace(config, model=model_name)
     score = "inliers" if local else (config.metric or stored_metric or "cosine")
-    steps = None if local else _dedup_steps(config, reference or collection)
+    steps = None if local else _dedup_steps(config, manifest)
     cut = resolve_threshold(
         score, model_name, threshold, threshold_file, preset=config.preset, verify=verify, refinement=steps
     )
@@ -382,31 +383,35 @@ def _changed_settings(config: SearchConfig, model: str, cut: Threshold) -> list[
     return options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
 
 
-def _dedup_steps(config: SearchConfig, source: str | Path) -> dict[str, Any]:
+def _dedup_steps(config: SearchConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """The steps dedup's scores go through, as a run reports them: ``config``'s (search-only ones
-    already left out) and those a saved index stores (under ``index``), for checking a threshold
-    file against them."""
+    already left out) and those a saved index stores (under ``index``, from its ``manifest``), for
+    checking a threshold file against them."""
     out = config.refinement.describe()
-    if is_index(source):
-        try:
-            manifest = json.loads((Path(source) / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return out  # GalleryIndex.open says what is wrong with it
-        stored = manifest.get("postprocess") if isinstance(manifest, dict) else None
-        if isinstance(stored, dict) and stored:
-            out["index"] = stored
+    stored = manifest.get("postprocess")
+    if isinstance(stored, dict) and stored:
+        out["index"] = stored
     return out
 
 
-def _stored_model(source: str | Path) -> tuple[str | None, str | None]:
-    """(model name, metric) a saved index was built with, (None, None) for a folder."""
+def _manifest(source: str | Path) -> dict[str, Any]:
+    """The manifest of a saved index; empty for a folder (or a manifest that cannot be read:
+    GalleryIndex.open says what is wrong with it)."""
     if not is_index(source):
-        return None, None
+        return {}
     try:
         manifest = json.loads((Path(source) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _stored_model(manifest: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(model name, metric) a saved index was built with, (None, None) for a folder."""
+    try:
         return manifest["model"].get("name"), manifest.get("metric")
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None, None  # GalleryIndex.open says what is wrong with it
+    except (KeyError, AttributeError):
+        return None, None
 
 
 def _check_model(index: GalleryIndex, model: str | None, options: dict[str, Any], metric: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..knn import rankings_with_head
+from ..knn import best_per_owner, rankings_with_head
 
 
 @dataclass
@@ -44,18 +44,7 @@ class RegionIndex:
         rows, scores = self.inner.search(np.asarray(queries, dtype=np.float32), k * self.regions)
         owners = np.where(rows >= 0, rows // self.regions, -1).reshape(n_q, -1)
         scores = np.asarray(scores, dtype=np.float32).reshape(n_q, -1)
-        higher = self.metric != "euclidean"
-        out_rows = np.full((n_q, k), -1, dtype=np.int64)
-        out_scores = np.zeros((n_q, k), dtype=np.float32)
-        for i in range(n_q):
-            valid = owners[i] >= 0
-            own, sc = owners[i][valid], scores[i][valid]
-            order = np.argsort(-sc if higher else sc, kind="stable")
-            own, sc = own[order], sc[order]
-            _, first = np.unique(own, return_index=True)
-            first = np.sort(first)[:k]  # each image's best region, in rank order
-            out_rows[i, : len(first)], out_scores[i, : len(first)] = own[first], sc[first]
-        return out_rows, out_scores
+        return best_per_owner(owners, scores, k, higher_is_better=self.metric != "euclidean")
 
     def rankings(self, queries: np.ndarray, head: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Full rankings by the best region pair (exact, blocked over queries), ``head`` first."""
