@@ -66,6 +66,12 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "copies preset + query scales + query fit + score norm k=10": COPIES
     + ({**COPIES_STEPS, "query_scales": True, "query_resize": "fit", "score_norm": 10},),
     "copies preset + query fit": COPIES + ({**COPIES_STEPS, "query_resize": "fit"},),
+    # each gallery image's scores minus its mean similarity to its 10 nearest others (--gallery-norm)
+    "copies preset + query scales + gallery norm k=10": COPIES
+    + ({**COPIES_STEPS, "query_scales": True, "gallery_norm": 10},),
+    "copies preset + query scales + gallery norm k=10 + score norm k=10": COPIES
+    + ({**COPIES_STEPS, "query_scales": True, "gallery_norm": 10, "score_norm": 10},),
+    "gallery norm k=10": ("efficientnet-lite0", {}, {"gallery_norm": 10}),
     "copies preset + resize fit + query scales": (
         COPIES[0],
         {**COPIES[1], "resize": "fit"},

@@ -8,6 +8,11 @@ Protocols (exactly as in the project's data-set notes):
           file order; gallery: the other 9,000 test images.
   fmnist-scale (built with fmnist): the same queries; gallery = the 9,000 + all 60,000 training
           images, as a path,label CSV (gallery-scale.csv) over the fmnist folders.
+  wallpapers  distractors unrelated to each other: each of the desktop photos and artworks of
+          five Debian wallpaper packages (pinned versions) cut into four quarters, 512 px at most,
+          JPEG quality 30-95 (seeded), in wallpapers/. benchmarks/gallery_norm.py puts them in
+          place of the copy sets' distractors, which are 400 edits of 9 photos (44 near-copies
+          each).
 Each folder is `<split>/<label>/<file>`, so labels come from class folders.
 """
 
@@ -100,6 +105,48 @@ def build_fmnist(out: Path) -> None:
     )
 
 
+WALLPAPER_PACKAGES = (
+    "plasma-workspace-wallpapers=4:5.27.5-2",
+    "gnome-backgrounds=43.1-1",
+    "mate-backgrounds=1.26.0-1",
+    "ukui-wallpapers=20.04.3-1.1",
+    "lomiri-wallpapers=20.04.0-2",
+)
+
+
+def build_wallpapers(out: Path) -> None:
+    """Distractors that are not near-copies of each other, from Debian wallpaper packages: one
+    picture per wallpaper (its largest file), cut into quarters."""
+    root = out / "wallpapers"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    count = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        for package in WALLPAPER_PACKAGES:
+            _run(["apt-get", "download", package], tmp_path)
+        for deb in sorted(tmp_path.glob("*.deb")):
+            _run(["dpkg", "-x", str(deb), "x"], tmp_path)
+        share = tmp_path / "x" / "usr" / "share"
+        pictures = [max(d.iterdir(), key=lambda f: f.stat().st_size) for d in sorted(share.glob("wallpapers/*/contents/images"))]
+        pictures += [f for f in sorted((share / "backgrounds").rglob("*")) if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]
+        for picture in pictures:
+            with Image.open(picture) as img:
+                img.draft("RGB", (1024, 1024))
+                img = img.convert("RGB")
+            w, h = img.size
+            if min(w, h) < 400:
+                continue
+            for x0, y0 in ((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2)):
+                quarter = img.crop((x0, y0, x0 + w // 2, y0 + h // 2))
+                quarter.thumbnail((512, 512))
+                quarter.save(root / f"wall{count:04d}.jpg", quality=int(rng.integers(30, 96)))
+                count += 1
+    print(f"wallpapers: {root} ({count} images from {count // 4} pictures)")
+
+
 def _save(path: Path, img: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img, "L").save(path)
@@ -109,14 +156,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sets", nargs="*", help="orl and/or fmnist (default: both)")
+    parser.add_argument("sets", nargs="*", help="orl, fmnist, wallpapers (default: orl and fmnist)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     args = parser.parse_args()
-    builders = {"orl": build_orl, "fmnist": build_fmnist}
+    builders = {"orl": build_orl, "fmnist": build_fmnist, "wallpapers": build_wallpapers}
     unknown = set(args.sets) - builders.keys()
     if unknown:
         parser.error(f"unknown data set(s): {', '.join(sorted(unknown))}")
-    for name in args.sets or list(builders):
+    for name in args.sets or ["orl", "fmnist"]:
         builders[name](args.out)
 
 

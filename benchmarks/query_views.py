@@ -1,12 +1,15 @@
-"""What --query-scales costs at search time on a large gallery: four vectors per query searched
-through the best-of-views merge, against one.
+"""What --query-scales and --gallery-norm cost at search time on a large gallery: four vectors per
+query searched through the best-of-views merge, against one; and the gallery normalisation's
+offsets (a k-NN of every gallery vector among the others, once per gallery) and its search.
 
     python benchmarks/query_views.py [--gallery 100000] [--queries 10000] [--dim 128]
 
 Random unit vectors (the k-NN cost depends on sizes, not on content) in an exact index, searched
 for the top 10: once with one vector per query, once with four rows per query as plain rows, and
 once through ``RegionIndex`` (one region per gallery image, four views per query), which adds the
-merge of each query's views. Prints seconds for each.
+merge of each query's views. Then the offsets of ``--gallery-norm 10`` through the same index's
+search (what a search of a folder or of a saved exact index pays once), and a search of the
+gallery's rows with the offset coordinate. Prints seconds for each.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from lookalike.index import GalleryIndex
 from lookalike.index.regions import RegionIndex
-from lookalike.steps import l2_normalise
+from lookalike.steps import GalleryNorm, l2_normalise
 
 VIEWS = 4  # the average and three scales
 
@@ -44,6 +47,15 @@ def main() -> None:
         searched.search(queries, 10)
         timed[label] = time.perf_counter() - start
         print(f"{label}: {timed[label]:.2f} s for {args.queries} queries", flush=True)
+    start = time.perf_counter()
+    offsets = GalleryNorm(10).offsets(gallery, index.search)
+    timed["gallery norm offsets, k=10"] = time.perf_counter() - start
+    print(f"gallery norm offsets, k=10: {timed['gallery norm offsets, k=10']:.2f} s for {args.gallery} vectors")
+    normed = GalleryIndex.from_embeddings(GalleryNorm.gallery_rows(gallery, offsets), names)
+    start = time.perf_counter()
+    normed.search(GalleryNorm.query_rows(views[::VIEWS]), 10)
+    timed["one vector per query, gallery norm"] = time.perf_counter() - start
+    print(f"one vector per query, gallery norm: {timed['one vector per query, gallery norm']:.2f} s", flush=True)
     base = timed["one vector per query"]
     print(" ".join(f"{label}: {seconds / base:.1f}x" for label, seconds in timed.items()))
 

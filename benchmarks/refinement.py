@@ -55,6 +55,12 @@ ROWS: list[tuple[str, dict, Refinement]] = [
         {"pool": "gem", "multiscale": True},
         Refinement(whiten=True, whiten_dim=128, query_scales=True, query_resize="fit"),
     ),
+    ("gallery norm (k=10)", {}, Refinement(gallery_norm=10)),
+    (
+        "GeM + multi-scale + whitening 128-d + query scales + gallery norm k=10",
+        {"pool": "gem", "multiscale": True},
+        Refinement(whiten=True, whiten_dim=128, query_scales=True, gallery_norm=10),
+    ),
     (
         "GeM + multi-scale + whitening 64-d, shrinkage 0.1",
         {"pool": "gem", "multiscale": True},

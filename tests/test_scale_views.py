@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stored_search import folder_index_and_server_agree
 
 import lookalike
 from lookalike import ExtractOptions, ImageSet, InputError, create_extractor, embed
@@ -101,29 +102,11 @@ def test_an_index_with_stored_whitening_and_the_server_search_as_the_folder(
 ) -> None:
     """The views are whitened as the gallery was (at search time, or by an index's stored fit), and
     `lookalike search` on a folder, on a saved index and the server's /search agree."""
-    from fastapi.testclient import TestClient
-
-    from lookalike.index import build_index
-    from lookalike.index.stored_steps import IndexPostprocess
-    from lookalike.server import create_app
-
     query, gallery = photo_set
     opts = _opts(tmp_path)
-    refine = Refinement(whiten=True, whiten_dim=8, query_scales=True)
-    folder = lookalike.search(query, gallery, model=MODEL, model_options=MODEL_OPTIONS, k=5,
-                              options=opts, refinement=refine)
-    build_index(gallery, tmp_path / "w.index", model=MODEL, model_options=MODEL_OPTIONS,
-                postprocess=IndexPostprocess(whiten=True, whiten_dim=8), options=opts)
-    saved = lookalike.search(query, tmp_path / "w.index", k=5, options=opts, refinement=refine)
-    assert saved.indices.tolist() == folder.indices.tolist()
-    np.testing.assert_allclose(saved.scores, folder.scores, atol=1e-4)
-    config = SearchConfig.from_preset(refinement={"query_scales": True}, extract=opts)
-    first = sorted(ImageSet.from_path(query).paths)[0]
-    with TestClient(create_app(tmp_path / "w.index", k=5, config=config)) as client:
-        answer = client.post("/search", files={"file": ("q.jpg", first.read_bytes(), "image/jpeg")}).json()
-    row = [p.name for p in ImageSet.from_path(query).paths].index(first.name)
-    assert [r["path"] for r in answer["results"]] == folder.ranking()[folder.query_names[row]]
-    np.testing.assert_allclose([r["score"] for r in answer["results"]], folder.scores[row], atol=1e-4)
+    folder = folder_index_and_server_agree(
+        query, gallery, MODEL, MODEL_OPTIONS, opts, tmp_path / "w.index", {"query_scales": True}
+    )
     plain = lookalike.search(query, tmp_path / "w.index", k=5, options=opts)
     assert np.abs(plain.scores - folder.scores).max() > 1e-3  # the views did change the scores
 

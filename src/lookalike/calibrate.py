@@ -325,7 +325,8 @@ def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
     """The steps of a run's refinement (``SearchRun.refinement``, a search's or an index's) that
     change what a score means, in one form whether they ran at search time or were stored with
     the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales and
-    resize, query regions and score normalisation (k, and whether a background set was given).
+    resize, query regions, gallery normalisation and score normalisation (k, and whether a
+    background set was given).
     Re-ranking names its own kind of score; the gallery's regions are the model's options.
     TypeError for a refinement that is not shaped as a run reports it."""
 
@@ -354,6 +355,9 @@ def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
             out[name] = value
     if step(refinement, "regions").get("query"):  # (the gallery's regions are the model's options)
         out["query_regions"] = True
+    gallery_norm = step(refinement, "gallery_norm")
+    if gallery_norm:
+        out["gallery_norm"] = {"k": gallery_norm.get("k")}
     norm = step(refinement, "score_norm")
     if norm:
         out["score_norm"] = {"k": norm.get("k"), "background": norm.get("background") is not None}
@@ -383,8 +387,10 @@ def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) ->
     differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
     shown = "; ".join(f"{k}: {_shown(theirs.get(k))} there, {_shown(ours.get(k))} here" for k in differ)
     hint = ""
-    if "query_scales" in theirs and "query_scales" not in ours:
-        hint = " (with --no-query-scales for a search without them, as dedup's)"
+    search_only = [flag for step, flag in (("query_scales", "--no-query-scales"), ("gallery_norm", "--gallery-norm 0"))
+                   if step in theirs and step not in ours]
+    if search_only:
+        hint = f" (with {' '.join(search_only)} for a search without them, as dedup's)"
     raise InputError(
         f"{where}: a threshold measured with other steps ({shown}); scores change with them: "
         f"calibrate again with the same refinement{hint}"

@@ -24,7 +24,7 @@ from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, accepts, evaluate_rankings, is_higher_better
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .steps import Postprocess, ScoreNormalisation
+from .steps import GalleryNorm, Postprocess, ScoreNormalisation
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -419,6 +419,7 @@ class Refinement(Postprocess):
     query_regions: bool = False
     query_scales: bool = False
     query_resize: str | None = None
+    gallery_norm: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -459,6 +460,18 @@ class Refinement(Postprocess):
                 f"--query-scales with --rerank {self.rerank}: the re-ranker compares one vector per query "
                 "and would undo the best-view scores: give one"
             )
+        if self.gallery_norm < 0:
+            raise InputError(f"--gallery-norm must be 0 (off) or positive, got {self.gallery_norm}")
+        if self.gallery_norm and self.rerank is not None:
+            raise InputError(
+                f"--gallery-norm with --rerank {self.rerank}: the re-ranker scores plain vectors and would "
+                "undo the gallery's offsets: give one"
+            )
+        if self.gallery_norm and self.regions:
+            raise InputError(
+                "--gallery-norm with --regions is not supported: a region's neighbours are mostly its own "
+                "image's other regions"
+            )
         if self.query_resize is not None and self.query_resize not in RESIZES:
             raise InputError(f"--query-resize: unknown value {self.query_resize!r}; choose one of {', '.join(RESIZES)}")
         if self.query_resize is not None and self.query_regions:
@@ -489,6 +502,8 @@ class Refinement(Postprocess):
             out["query_scales"] = True
         if self.query_resize is not None:
             out["query_resize"] = self.query_resize
+        if self.gallery_norm:
+            out["gallery_norm"] = {"k": self.gallery_norm}
         if self.score_norm:
             out["score_norm"] = {
                 "k": self.score_norm,
@@ -582,6 +597,13 @@ class GallerySide:
         search) is not run twice; one with other settings is refused, since it would be applied on
         top of the stored one."""
         refine.check(self.extractor.dim // self.regions)  # one region's dimension
+        if refine.gallery_norm and self.metric != "cosine":
+            raise InputError(f"--gallery-norm normalises cosine similarities, not {self.metric} scores")
+        if refine.gallery_norm and self.regions > 1:
+            raise InputError(
+                "--gallery-norm with an index of regions is not supported: a region's neighbours are "
+                "mostly its own image's other regions"
+            )
         if self.images is not None or not self.index.post.active:
             return refine
         post = self.index.post
@@ -655,7 +677,13 @@ class GallerySide:
                 inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
                 searched = RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
             else:
-                if refine.whiten or refine.dba:
+                if refine.gallery_norm:  # the offsets ride in one more coordinate, searched exactly
+                    # the neighbours: by the index itself where its vectors are the ones searched
+                    search = None if (refine.whiten or refine.dba) else index.search
+                    offsets = GalleryNorm(refine.gallery_norm).offsets(self.vectors, search)
+                    rows = GalleryNorm.gallery_rows(self.vectors, offsets)
+                    searched = GalleryIndex.from_embeddings(rows, index.names, index.labels, metric=self.metric)
+                elif refine.whiten or refine.dba:
                     searched = GalleryIndex.from_embeddings(
                         self.vectors, index.names, index.labels, metric=self.metric
                     )
@@ -677,6 +705,8 @@ class GallerySide:
             queries = self.index.post.queries(queries)
         if steps is not None:
             queries = steps.queries(queries, self.vectors)
+        if refine.gallery_norm:
+            queries = GalleryNorm.query_rows(queries)
         return queries, searched
 
     def normaliser(self, refine: Refinement, opts: ExtractOptions) -> ScoreNormalisation | None:
@@ -699,6 +729,8 @@ class GallerySide:
         _, steps = self.searchable(refine)
         if steps is not None:
             background = steps.whitened(background)
+        if refine.gallery_norm:  # compared with the queries' rows, without the gallery's offsets
+            background = GalleryNorm.query_rows(background, gallery_side=False)
         return ScoreNormalisation(
             refine.score_norm, background=np.ascontiguousarray(background, np.float32), views=self.query_regions
         )

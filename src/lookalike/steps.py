@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,3 +352,62 @@ class ScoreNormalisation:
         width = self.views * self.k
         _, best = best_per_owner(ids.reshape(-1, width), np.asarray(sims, np.float32).reshape(-1, width), self.k)
         return best[:, self.k - 1]
+
+
+@dataclass(frozen=True)
+class GalleryNorm:
+    """Gallery-side normalisation against hubs: every gallery image's similarities minus its mean
+    similarity to its ``k`` nearest other gallery images, the neighbourhood term of Jégou et al.'s
+    contextual dissimilarity measure (CVPR 2007) and of CSLS (Conneau et al., 2018). An image that
+    resembles much of the gallery (a plain texture, one of many near-copies) is discounted
+    everywhere, so a distinctive true match is not buried under it. Unlike
+    :class:`ScoreNormalisation` it changes rankings. It is exact with any inner-product index: the
+    gallery's vectors get one more coordinate, minus their offset, and queries a 1 there
+    (:meth:`gallery_rows`, :meth:`query_rows`)."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"--gallery-norm must be 0 (off) or positive, got {self.k}")
+
+    def offsets(self, gallery: np.ndarray, search: Callable[[np.ndarray, int], Any] | None = None) -> np.ndarray:
+        """(n,) each gallery vector's mean similarity to its ``k`` nearest others (itself left out
+        by position, so an exact duplicate still counts as a neighbour). ``search(vectors, k)``
+        gives (rows, scores) of the gallery's k nearest (a saved index's own backend, approximate
+        where it is); default an exact k-NN."""
+        gallery = np.asarray(gallery, np.float32)
+        n = len(gallery)
+        if n <= self.k:
+            raise InputError(f"--gallery-norm {self.k}: the gallery has only {n} images; give a K below that")
+        if n > LARGE_DBA:
+            log.warning("--gallery-norm over %d vectors: a k-NN of every gallery vector, this takes a while", n)
+        if search is None:
+            idx, sims = topk(gallery, gallery, self.k + 1)
+        else:
+            idx, sims = search(gallery, self.k + 1)
+            idx, sims = np.asarray(idx), np.asarray(sims, np.float32)
+            if (idx < 0).any():  # an approximate index that found fewer: count what it found
+                sims = np.where(idx < 0, np.nan, sims)
+        own = idx == np.arange(n)[:, None]
+        # drop each row's own entry; a row whose own entry lost a tie to duplicates drops its last
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), self.k)
+        keep = np.ones(idx.shape, dtype=bool)
+        keep[np.arange(n), drop] = False
+        found = sims[keep].reshape(n, self.k).astype(np.float64)
+        counted = (~np.isnan(found)).sum(axis=1)
+        return (np.nansum(found, axis=1) / np.maximum(counted, 1)).astype(np.float32)
+
+    @staticmethod
+    def gallery_rows(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The gallery's searched rows: each vector with minus its offset appended."""
+        vectors = np.asarray(vectors, np.float32)
+        return np.ascontiguousarray(np.hstack([vectors, -np.asarray(offsets, np.float32)[:, None]]))
+
+    @staticmethod
+    def query_rows(queries: np.ndarray, gallery_side: bool = True) -> np.ndarray:
+        """Query rows for :meth:`gallery_rows` (a 1 appended: the offset is subtracted), or, with
+        ``gallery_side`` False, rows that leave plain similarities (a 0: a background set's)."""
+        queries = np.asarray(queries, np.float32)
+        extra = np.full((len(queries), 1), 1.0 if gallery_side else 0.0, np.float32)
+        return np.ascontiguousarray(np.hstack([queries, extra]))

@@ -131,6 +131,15 @@ SEARCH_STEPS = {  # query-side steps and re-ranking: search time only
         ),
         None,
     ),
+    "gallery_norm": (
+        _opt(
+            int | None,
+            "--gallery-norm",
+            min=0,
+            help="Subtract each gallery image's mean similarity to its K nearest others (hubs); 0 = off.",
+        ),
+        None,
+    ),
     "background": (
         _opt(Path | None, "--background", help="Unrelated images for --score-norm (default: the gallery)."),
         None,

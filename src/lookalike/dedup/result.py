@@ -485,6 +485,7 @@ SEARCH_ONLY_STEPS = {
     "query_resize": "--query-resize",
     "score_norm": "--score-norm",
     "background": "--background",
+    "gallery_norm": "--gallery-norm",
 }
 
 
