@@ -7,9 +7,9 @@ offsets (a k-NN of every gallery vector among the others, once per gallery) and 
 Random unit vectors (the k-NN cost depends on sizes, not on content) in an exact index, searched
 for the top 10: once with one vector per query, once with four rows per query as plain rows, and
 once through ``RegionIndex`` (one region per gallery image, four views per query), which adds the
-merge of each query's views. Then the offsets of ``--gallery-norm 10`` through the same index's
-search (what a search of a folder or of a saved exact index pays once), and a search of the
-gallery's rows with the offset coordinate. Prints seconds for each.
+merge of each query's views. Then the offsets of ``--gallery-norm 10`` (an exact k-NN of every
+gallery vector, what a search pays once per gallery), and a search of the gallery's rows with the
+offset coordinate. Prints seconds for each.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
         timed[label] = time.perf_counter() - start
         print(f"{label}: {timed[label]:.2f} s for {args.queries} queries", flush=True)
     start = time.perf_counter()
-    offsets = GalleryNorm(10).offsets(gallery, index.search)
+    offsets = GalleryNorm(10).offsets(gallery)
     timed["gallery norm offsets, k=10"] = time.perf_counter() - start
     print(f"gallery norm offsets, k=10: {timed['gallery norm offsets, k=10']:.2f} s for {args.gallery} vectors")
     normed = GalleryIndex.from_embeddings(GalleryNorm.gallery_rows(gallery, offsets), names)

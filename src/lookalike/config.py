@@ -88,11 +88,6 @@ class SearchConfig:
             refine.pop("query_scales", None)
         if "query_resize" not in given and given.get("query_regions"):
             refine.pop("query_resize", None)
-        # its gallery normalisation gives way to re-ranking and regions, and needs cosine scores
-        if "gallery_norm" not in given and (
-            given.get("rerank") or given.get("regions") or (metric or "cosine") != "cosine"
-        ):
-            refine.pop("gallery_norm", None)
         known = {f.name for f in fields(Refinement) if f.init}
         unknown = sorted(set(refine) - known)
         if unknown:

@@ -243,7 +243,7 @@ def search(
         gallery_names=searched.names,
         indices=indices,
         scores=scores,
-        metric=score_name(searched.metric, reranker, normaliser),
+        metric=score_name(searched.metric, reranker, normaliser, refine.gallery_norm),
         model=side.describe_model(),
         skipped={
             "query": _link_skips(q_set) + q_found.skipped,
@@ -296,11 +296,14 @@ def short_lists(
     return head, scores
 
 
-def score_name(metric: str, reranker: Reranker | None, normaliser: ScoreNormalisation | None) -> str:
-    """What a run's scores are: the metric's, a re-ranker's own, or normalised similarities."""
+def score_name(
+    metric: str, reranker: Reranker | None, normaliser: ScoreNormalisation | None, gallery_norm: int = 0
+) -> str:
+    """What a run's scores are: the metric's, a re-ranker's own, or similarities minus a
+    normalising offset (``--score-norm``'s, ``--gallery-norm``'s or both: the refinement says which)."""
     if reranker is not None:
         return reranker.score_name
-    return f"normalised {metric}" if normaliser is not None else metric
+    return f"normalised {metric}" if normaliser is not None or gallery_norm else metric
 
 
 def gallery_side(
@@ -604,6 +607,8 @@ class GallerySide:
                 "--gallery-norm with an index of regions is not supported: a region's neighbours are "
                 "mostly its own image's other regions"
             )
+        if refine.gallery_norm:  # before anything is extracted (a folder's unreadable images are checked later)
+            GalleryNorm(refine.gallery_norm).check_size(len(self.images if self.images is not None else self.index))
         if self.images is not None or not self.index.post.active:
             return refine
         post = self.index.post
@@ -678,9 +683,7 @@ class GallerySide:
                 searched = RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
             else:
                 if refine.gallery_norm:  # the offsets ride in one more coordinate, searched exactly
-                    # the neighbours: by the index itself where its vectors are the ones searched
-                    search = None if (refine.whiten or refine.dba) else index.search
-                    offsets = GalleryNorm(refine.gallery_norm).offsets(self.vectors, search)
+                    offsets = GalleryNorm(refine.gallery_norm).offsets(self.vectors)
                     rows = GalleryNorm.gallery_rows(self.vectors, offsets)
                     searched = GalleryIndex.from_embeddings(rows, index.names, index.labels, metric=self.metric)
                 elif refine.whiten or refine.dba:

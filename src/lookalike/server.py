@@ -196,6 +196,7 @@ class Searcher:
                 "query; use it with `lookalike search`, or serve with --rerank sift/surf"
             )
         side.embed(self.options)
+        side.searchable(self.refine)  # what is fitted on the gallery (--gallery-norm's offsets): once, now
         self.normaliser = side.normaliser(self.refine, self.options)
         self.side = side
         self.index = side.index
@@ -209,7 +210,7 @@ class Searcher:
         if self.refine.rerank is not None:
             none, _ = side.prepare(np.zeros((0, self.query_extractor.dim), dtype=np.float32), self.refine)
             probe = side.reranker(self.refine, none, ImageSet([], self.root), self.options)
-        self.score_name = score_name(self.index.metric, probe, self.normaliser)
+        self.score_name = score_name(self.index.metric, probe, self.normaliser, self.refine.gallery_norm)
         self.higher_is_better = is_higher_better(self.score_name)
         self._name_set = set(self.names)
         self._lock = threading.Lock()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -369,34 +368,29 @@ class GalleryNorm:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise InputError(f"--gallery-norm must be 0 (off) or positive, got {self.k}")
+            raise InputError(f"--gallery-norm K must be at least 1 (0 turns it off), got {self.k}")
 
-    def offsets(self, gallery: np.ndarray, search: Callable[[np.ndarray, int], Any] | None = None) -> np.ndarray:
+    def offsets(self, gallery: np.ndarray) -> np.ndarray:
         """(n,) each gallery vector's mean similarity to its ``k`` nearest others (itself left out
-        by position, so an exact duplicate still counts as a neighbour). ``search(vectors, k)``
-        gives (rows, scores) of the gallery's k nearest (a saved index's own backend, approximate
-        where it is); default an exact k-NN."""
+        by position, so an exact duplicate still counts as a neighbour): an exact k-NN, so the
+        scores do not depend on an index's backend."""
         gallery = np.asarray(gallery, np.float32)
         n = len(gallery)
-        if n <= self.k:
-            raise InputError(f"--gallery-norm {self.k}: the gallery has only {n} images; give a K below that")
+        self.check_size(n)
         if n > LARGE_DBA:
-            log.warning("--gallery-norm over %d vectors: a k-NN of every gallery vector, this takes a while", n)
-        if search is None:
-            idx, sims = topk(gallery, gallery, self.k + 1)
-        else:
-            idx, sims = search(gallery, self.k + 1)
-            idx, sims = np.asarray(idx), np.asarray(sims, np.float32)
-            if (idx < 0).any():  # an approximate index that found fewer: count what it found
-                sims = np.where(idx < 0, np.nan, sims)
+            log.warning("--gallery-norm over %d vectors: an exact k-NN of every gallery vector, this takes a while", n)
+        idx, sims = topk(gallery, gallery, self.k + 1)
         own = idx == np.arange(n)[:, None]
         # drop each row's own entry; a row whose own entry lost a tie to duplicates drops its last
         drop = np.where(own.any(axis=1), own.argmax(axis=1), self.k)
         keep = np.ones(idx.shape, dtype=bool)
         keep[np.arange(n), drop] = False
-        found = sims[keep].reshape(n, self.k).astype(np.float64)
-        counted = (~np.isnan(found)).sum(axis=1)
-        return (np.nansum(found, axis=1) / np.maximum(counted, 1)).astype(np.float32)
+        return sims[keep].reshape(n, self.k).astype(np.float64).mean(axis=1).astype(np.float32)
+
+    def check_size(self, n: int) -> None:
+        """Refuse a gallery of ``n`` images that has no ``k`` others for each image."""
+        if n <= self.k:
+            raise InputError(f"--gallery-norm {self.k}: the gallery has only {n} images; give a K below that")
 
     @staticmethod
     def gallery_rows(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
