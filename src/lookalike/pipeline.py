@@ -398,6 +398,9 @@ def _resized(extractor: Extractor, resize: str) -> Extractor:
         raise InputError(f"--query-resize {resize}: {exc}") from None
 
 
+_NO_REGION_NORM = "is not supported: a region's neighbours are mostly its own image's other regions"
+
+
 @dataclass
 class Refinement(Postprocess):
     """Optional steps between features and ranking, in this order: PCA whitening fitted on the
@@ -406,9 +409,12 @@ class Refinement(Postprocess):
     :class:`~lookalike.steps.Postprocess` steps, fitted at search time — then re-ranking of
     each query's top ``rerank_top`` by a registered re-ranker (``rerank``: k-reciprocal with
     ``k1``, ``k2``, ``lambda_value``, or spatial verification). Anything that changes vectors
-    makes an index search exact. Last, ``score_norm`` = k subtracts from each query's cosine
-    similarities its similarity to its k-th neighbour in ``background`` (a folder of unrelated
-    images; default the gallery itself): :class:`~lookalike.steps.ScoreNormalisation`."""
+    makes an index search exact. ``gallery_norm`` = k subtracts from every gallery image's cosine
+    similarities its mean similarity to its k nearest other gallery images
+    (:class:`~lookalike.steps.GalleryNorm`; it changes rankings). Last, ``score_norm`` = k
+    subtracts from each query's cosine similarities its similarity to its k-th neighbour in
+    ``background`` (a folder of unrelated images; default the gallery itself):
+    :class:`~lookalike.steps.ScoreNormalisation`."""
 
     rerank: str | None = None
     rerank_top: int = 100
@@ -471,10 +477,7 @@ class Refinement(Postprocess):
                 "undo the gallery's offsets: give one"
             )
         if self.gallery_norm and self.regions:
-            raise InputError(
-                "--gallery-norm with --regions is not supported: a region's neighbours are mostly its own "
-                "image's other regions"
-            )
+            raise InputError(f"--gallery-norm with --regions {_NO_REGION_NORM}")
         if self.query_resize is not None and self.query_resize not in RESIZES:
             raise InputError(f"--query-resize: unknown value {self.query_resize!r}; choose one of {', '.join(RESIZES)}")
         if self.query_resize is not None and self.query_regions:
@@ -600,14 +603,11 @@ class GallerySide:
         search) is not run twice; one with other settings is refused, since it would be applied on
         top of the stored one."""
         refine.check(self.extractor.dim // self.regions)  # one region's dimension
-        if refine.gallery_norm and self.metric != "cosine":
-            raise InputError(f"--gallery-norm normalises cosine similarities, not {self.metric} scores")
-        if refine.gallery_norm and self.regions > 1:
-            raise InputError(
-                "--gallery-norm with an index of regions is not supported: a region's neighbours are "
-                "mostly its own image's other regions"
-            )
-        if refine.gallery_norm:  # before anything is extracted (a folder's unreadable images are checked later)
+        if refine.gallery_norm:  # before anything is extracted (a folder's unreadable images count later)
+            if self.metric != "cosine":
+                raise InputError(f"--gallery-norm normalises cosine similarities, not {self.metric} scores")
+            if self.regions > 1:
+                raise InputError(f"--gallery-norm with an index of regions {_NO_REGION_NORM}")
             GalleryNorm(refine.gallery_norm).check_size(len(self.images if self.images is not None else self.index))
         if self.images is not None or not self.index.post.active:
             return refine
