@@ -42,22 +42,11 @@ from lookalike.steps import GalleryNorm, PCAWhitening
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
-from preprocess import TEST, VAL, Variant, features  # noqa: E402
-from whitening import PRESET, ranked_metrics  # noqa: E402
+from preprocess import TEST, VAL, Variant, features, measure_query_max  # noqa: E402
+from whitening import PRESET  # noqa: E402
 
 DENSE = (7, 8)
 VIEWS = Variant(query_max=True, with_mean=True)  # the preset's query scales, with the average
-
-
-def measure(data: dict, dim: int | None, shrinkage: float, k: int) -> tuple[float, float, float]:
-    """(top-1, mAP, µAP) of the best query view against the whitened gallery, minus each gallery
-    image's offset when ``k`` (the library's own GalleryNorm)."""
-    white = PCAWhitening(dim, shrinkage).fit(data["g"])
-    g = white.transform(data["g"])
-    sims = np.max([white.transform(q) @ g.T for q in data["q"]], axis=0)
-    if k:
-        sims = sims - GalleryNorm(k).offsets(g)[None]
-    return ranked_metrics(sims, data["Q"], data["G"])
 
 
 def with_wallpapers(query: Path, gallery: Path, out: Path, wallpapers: Path) -> tuple[Path, Path]:
@@ -106,7 +95,7 @@ def main() -> None:
                 results.setdefault(f"{kind} offsets k=10", {})[key] = spread
                 print(kind, key, "mean offset k=10: distractors {distractors:.2f}, others {others:.2f}".format(**spread))
                 for label, k in rows.items():
-                    cell = measure(data, *PRESET, k)
+                    cell = measure_query_max(data, *PRESET, k)
                     results.setdefault(kind, {}).setdefault(label, {})[key] = cell
                     print(kind, key, label, "{:.3f} / {:.3f} / {:.3f}".format(*cell), flush=True)
     val_keys = [f"{n}:{s}" for n, s in VAL]

@@ -34,7 +34,7 @@ from lookalike.config import PRESETS
 from lookalike.extract import DecodedImages
 from lookalike.features.base import MULTISCALE
 from lookalike.images import DEFAULT_MAX_PIXELS, load_image
-from lookalike.steps import PCAWhitening
+from lookalike.steps import GalleryNorm, PCAWhitening
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -127,11 +127,16 @@ def features(net: torch.nn.Module, paths: list[Path], v: Variant, per_scale: boo
     return np.concatenate(out, axis=1 if per_scale else 0)
 
 
-def measure_query_max(data: dict, dim: int | None, shrinkage: float) -> tuple[float, float, float]:
-    """(top-1, mAP, µAP) as ``whitening.measure``, each gallery image scored by its best query scale."""
+def measure_query_max(
+    data: dict, dim: int | None, shrinkage: float, gallery_norm: int = 0
+) -> tuple[float, float, float]:
+    """(top-1, mAP, µAP) as ``whitening.measure``, each gallery image scored by its best query scale
+    (minus its ``--gallery-norm`` offset, the library's own GalleryNorm, when ``gallery_norm``)."""
     white = PCAWhitening(dim, shrinkage).fit(data["g"])
     g = white.transform(data["g"])
     sims = np.max([white.transform(q) @ g.T for q in data["q"]], axis=0)
+    if gallery_norm:
+        sims = sims - GalleryNorm(gallery_norm).offsets(g)[None]
     return ranked_metrics(sims, data["Q"], data["G"])
 
 

@@ -682,14 +682,11 @@ class GallerySide:
                 inner = GalleryIndex.from_embeddings(self.vectors, names, metric=self.metric)
                 searched = RegionIndex(inner, self.regions, self.query_regions, index.names, index.labels)
             else:
+                rows = self.vectors
                 if refine.gallery_norm:  # the offsets ride in one more coordinate, searched exactly
-                    offsets = GalleryNorm(refine.gallery_norm).offsets(self.vectors)
-                    rows = GalleryNorm.gallery_rows(self.vectors, offsets)
+                    rows = GalleryNorm.gallery_rows(rows, GalleryNorm(refine.gallery_norm).offsets(rows))
+                if changed or refine.gallery_norm:
                     searched = GalleryIndex.from_embeddings(rows, index.names, index.labels, metric=self.metric)
-                elif refine.whiten or refine.dba:
-                    searched = GalleryIndex.from_embeddings(
-                        self.vectors, index.names, index.labels, metric=self.metric
-                    )
                 if self.query_regions > 1:  # scale views: a gallery image scores its best view's match
                     searched = RegionIndex(searched, 1, self.query_regions, index.names, index.labels)
             self._searchable = (searched, steps)
