@@ -67,3 +67,23 @@ def test_compare_checks_its_inputs(photo_set: tuple[Path, Path], tmp_path: Path)
     Image.new("RGB", (32, 32), (10, 20, 30)).save(unlabelled / "a.jpg")
     with pytest.raises(InputError, match="labels"):
         compare(unlabelled, gallery, ["pixels"])
+
+
+def test_compare_never_overwrites_files_it_did_not_write(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    query, gallery = photo_set
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "comparison.md").write_text("the user's notes\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"holds comparison\.md, not written by lookalike compare"):
+        compare(query, gallery, ["pixels"], theirs)
+    assert (theirs / "comparison.md").read_text(encoding="utf-8") == "the user's notes\n"
+    assert sorted(p.name for p in theirs.iterdir()) == ["comparison.md"]
+    with pytest.raises(InputError, match="lies inside .* a searched folder"):
+        compare(query, gallery, ["pixels"], gallery / "cmp")
+    assert not (gallery / "cmp").exists(), "the chart would be a gallery image of the next search"
+    ours = tmp_path / "ours"
+    compare(query, gallery, ["pixels"], ours)
+    (ours / "comparison.csv").write_text("stale\n", encoding="utf-8")
+    table = compare(query, gallery, ["pixels"], ours, chart=False)  # its own folder: rewritten
+    assert (ours / "comparison.csv").read_text(encoding="utf-8").startswith("method,")
+    assert set(table.files) == {"markdown", "csv"}

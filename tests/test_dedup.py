@@ -616,3 +616,53 @@ def test_bad_input_is_one_error_line(col: Path, tmp_path: Path, args: list[str],
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], output
     assert snapshot(col) == before
+
+
+def test_a_library_that_holds_the_new_images_is_refused_before_anything_moves(col: Path, tmp_path: Path) -> None:
+    before = snapshot(col)
+    for new in (col, col / "copies"):  # the same folder, or one inside the library
+        with pytest.raises(InputError, match="overlap: a library image would be its own duplicate"):
+            find_duplicates(new, reference=col, config=PIXELS)
+    code, output = cli("dedup", str(col), "--reference", str(col), "-m", "pixels", "--action", "move",
+                       "--to", str(tmp_path / "d"))
+    assert code == 2 and output.count("\n") == 1 and "overlap" in output
+    code, _ = cli("index", "build", str(col), "-o", str(tmp_path / "col.index"), "-m", "pixels", "-q")
+    assert code == 0
+    # an index names the library's files: the same files given as new images are found by path
+    for new in (col / "copies", tmp_path / "col.index"):
+        with pytest.raises(InputError, match=r"share \d+ image\(s\) \(such as .*col"):
+            find_duplicates(new, reference=tmp_path / "col.index", config=SearchConfig(extract=OPTS))
+    # a hard link of a library file is another entry: moving it leaves the library's file in place
+    new = tmp_path / "new"
+    new.mkdir()
+    os.link(col / "astronaut.png", new / "astronaut.png")
+    result = find_duplicates(new, reference=col, config=PIXELS)
+    assert [it.name for it in result.duplicates()] == ["astronaut.png"]
+    assert snapshot(col) == before
+
+
+def test_delete_takes_no_destination_and_its_trash_is_always_beside_the_journal(col: Path, tmp_path: Path) -> None:
+    before = snapshot(col)
+    code, output = cli("dedup", str(col), "-m", "pixels", "--action", "delete", "--to", str(tmp_path / "t"))
+    assert code == 2 and "--action delete moves duplicates into the trash beside the journal" in output
+    with pytest.raises(InputError, match="--action delete moves duplicates into the trash"):
+        plan_actions(find_duplicates(col, config=PIXELS), "delete", tmp_path / "t")
+    assert snapshot(col) == before and not (tmp_path / "t").exists()
+
+
+def test_dedup_refuses_an_index_of_regions(col: Path, tmp_path: Path) -> None:
+    code, output = cli("index", "build", str(col), "-o", str(tmp_path / "reg.index"), "--regions", "2", "-q")
+    assert code == 0, output
+    code, output = cli("dedup", str(tmp_path / "reg.index"))
+    assert code == 2 and "an index of region vectors (built with --regions 2)" in output
+
+
+def test_an_index_built_with_other_settings_warns_that_the_default_threshold_was_not_measured_for_it(
+    col: Path, tmp_path: Path
+) -> None:
+    code, output = cli("index", "build", str(col), "-o", str(tmp_path / "c.index"), "--preset", "copies", "-q")
+    assert code == 0, output
+    code, output = cli("dedup", str(tmp_path / "c.index"))
+    assert code == 0 and "default settings, not with pool, multiscale, whiten" in output
+    code, output = cli("dedup", str(tmp_path / "c.index"), "--preset", "copies")  # what it was measured with
+    assert code == 0 and "was measured with" not in output

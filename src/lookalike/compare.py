@@ -29,6 +29,9 @@ FIGURES = tuple(f"top-{k}" for k in TOP_KS) + ("mAP",)
 OPTIONAL_FIGURES = ("µAP", "precision", "recall")
 CSV_NAMES = {"µAP": "uAP"}  # the metrics JSON's ASCII key
 
+COMPARE_MARKER = ".lookalike-compare"  # in every folder compare writes: it may rewrite those
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
+
 
 @dataclass
 class MethodResult:
@@ -166,6 +169,9 @@ def compare(
         raise InputError(f"methods given twice: {', '.join(duplicates)}")
     q_set = _image_set(query, query_labels, "query")
     g_set = _image_set(gallery, gallery_labels, "gallery")
+    if out_dir is not None:
+        folders = [s.root for s in (q_set, g_set) if s.source and Path(s.source).is_dir()]  # not a list
+        check_comparison_folder(out_dir, folders)
     resolved = [resolve_method(m) for m in methods]  # global, local or checkpoint: all checked up front
     steps = vector_step_flags(refinement, metric)
     local_names = [lab for lab, m in zip(labels, resolved, strict=True) if isinstance(m, LocalMethod)]
@@ -211,13 +217,33 @@ def compare(
     return table
 
 
-def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = True) -> dict[str, Path]:
-    """Write the table as ``comparison.md`` and ``comparison.csv`` and, with ``chart``, the bar
-    chart ``comparison.png`` into ``out_dir``; returns the paths (also kept in ``table.files``)."""
+def check_comparison_folder(out_dir: str | Path, searched: list[Path] | None = None) -> None:
+    """Refuse, before any work, a file, a folder inside a ``searched`` one (the chart would be an
+    image of the next search there) and one holding comparison files lookalike did not write
+    (they would be overwritten): a folder compare wrote has its marker file."""
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: exists and is not a folder")
+        raise InputError(f"-o {out_dir}: is a file; compare writes a folder (table and chart)")
+    for root in searched or []:
+        if folder.resolve().is_relative_to(Path(root).resolve()):
+            raise InputError(f"-o {out_dir}: lies inside {root}, a searched folder; write the comparison elsewhere")
+    if folder.is_dir() and not (folder / COMPARE_MARKER).is_file():
+        taken = [name for name in COMPARISON_FILES if (folder / name).exists()]
+        if taken:
+            raise InputError(
+                f"-o {out_dir}: holds {', '.join(taken)}, not written by lookalike compare; "
+                "choose a new folder"
+            )
+
+
+def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = True) -> dict[str, Path]:
+    """Write the table as ``comparison.md`` and ``comparison.csv`` and, with ``chart``, the bar
+    chart ``comparison.png`` into ``out_dir``; returns the paths (also kept in ``table.files``).
+    Only rewrites comparison files of a folder it wrote before (:func:`check_comparison_folder`)."""
+    folder = Path(out_dir)
+    check_comparison_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / COMPARE_MARKER).touch()
     files = {"markdown": folder / "comparison.md", "csv": folder / "comparison.csv"}
     md, text = table.to_markdown().encode("utf-8"), table.to_csv().encode("utf-8")
     atomic_write(files["markdown"], lambda h: h.write(md))

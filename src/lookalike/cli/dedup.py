@@ -22,7 +22,7 @@ from ..dedup import (
     plan_actions,
     undo,
 )
-from ..dedup.actions import is_inside
+from ..dedup.actions import check_action, is_inside
 from ..dedup.keep import KEEP_HELP, check_keep_rule
 from ..errors import EXIT_USAGE, InputError
 from ..fileio import printable
@@ -190,10 +190,7 @@ def dedup(
             f"{'--to' if to is not None else '--journal'} goes with --action {'|'.join(ACTIONS)}"
         )
     if action is not None:
-        if action not in ACTIONS:
-            raise InputError(f"--action: unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
-        if to is None and action != "delete":
-            raise InputError(f"--action {action} needs --to DIR: the folder the duplicates go to")
+        check_action(action, to)
         if to is not None and to.exists() and not to.is_dir():
             raise InputError(f"--to {to}: is a file; give a folder")
         for what, path in (("--to", to), ("--journal", journal)):

@@ -150,8 +150,6 @@ def compare_command(
     """Evaluate several methods on one labelled split with the same settings: table and bar chart."""
     from ..compare import compare
 
-    if output.exists() and not output.is_dir():
-        raise InputError(f"-o {output}: is a file; compare writes a folder (table and chart)")
     table = compare(
         query,
         gallery,

@@ -54,8 +54,8 @@ class Operation:
 
 @dataclass
 class Plan:
-    """The operations of one action run; ``to`` is the destination (the trash for ``delete``, set
-    from the journal when None); ``protected`` are folders nothing may be written into."""
+    """The operations of one action run; ``to`` is the destination (None for ``delete``: the
+    journal's trash); ``protected`` are folders nothing may be written into."""
 
     action: str
     to: Path | None
@@ -95,14 +95,26 @@ def is_inside(path: Path, folder: Path) -> bool:
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def plan_actions(result: DedupResult, action: str, to: str | Path | None = None) -> Plan:
-    """The operations that apply ``action`` to every image of ``result`` that is not kept (never
-    to reference images): ``to`` is the destination folder (for ``delete``, optional: the trash
-    beside the journal by default). Refused when ``to`` lies inside a searched folder."""
+def check_action(action: str, to: str | Path | None) -> None:
+    """Refuse an unknown action, a file action without ``--to`` and ``delete`` with one (its
+    trash is always beside the journal, where ``--empty-trash`` looks for it)."""
     if action not in ACTIONS:
         raise InputError(f"--action: unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     if to is None and action != "delete":
         raise InputError(f"--action {action} needs --to DIR: the folder the duplicates go to")
+    if to is not None and action == "delete":
+        raise InputError(
+            f"--to {to}: --action delete moves duplicates into the trash beside the journal "
+            "(JOURNAL.trash/); give --journal PATH to choose where, or --action move --to DIR"
+        )
+
+
+def plan_actions(result: DedupResult, action: str, to: str | Path | None = None) -> Plan:
+    """The operations that apply ``action`` to every image of ``result`` that is not kept (never
+    to reference images): ``to`` is the destination folder (none for ``delete``, whose trash is
+    always beside the journal, where ``--empty-trash`` looks). Refused when ``to`` lies inside a
+    searched folder."""
+    check_action(action, to)
     protected = [p for p in result.roots.values() if p is not None]
     dest = Path(to).absolute() if to is not None else None
     if dest is not None:

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from ..config import PRESETS, SearchConfig
 from ..errors import InputError, NothingToProcessError
 from ..extract import ExtractOptions, embed, resolve_device
 from ..features import Extractor
-from ..fileio import atomic_write, write_json
+from ..features.registry import EXTRACTORS
+from ..fileio import atomic_write, printable, write_json
 from ..images import ImageSet
 from ..index import GalleryIndex, is_index
 from ..index.store import MANIFEST
 from ..methods import is_local_method, resolve_method
 from ..pipeline import DEFAULT_MODEL, GallerySide, Refinement
+from .actions import is_inside
 from .decisions import read_not_duplicates
 from .groups import Grouping, group_pairs
 from .keep import check_keep_rule, choose_kept, file_sha256
@@ -263,6 +266,8 @@ def find_duplicates(
     for option, path in (("FOLDER", collection), ("--reference", reference)):
         if path is not None and not Path(path).exists():
             raise InputError(f"{option} {path}: no such file or folder")
+    if reference is not None:
+        _check_apart(collection, reference)
     decisions = read_not_duplicates(not_duplicates) if not_duplicates is not None else set()
     opts = config.extract
     if opts.use_cache and opts.cache_dir is None:
@@ -280,7 +285,7 @@ def find_duplicates(
     cut = resolve_threshold(
         score, model_name, threshold, threshold_file, preset=config.preset, verify=verify, refinement=steps
     )
-    changed = _changed_settings(config, model_name, cut)
+    changed = _changed_settings(config, model_name, cut, manifest)
     if cut.source.startswith("default") and changed and not local:
         log.warning(
             "the default threshold %g was measured with %s's default settings, not with %s; "
@@ -293,6 +298,8 @@ def find_duplicates(
         found = _local_pairs(collection, reference, config, k, cut)
     else:
         found = _vector_pairs(collection, reference, config, opts, k, cut, backend)
+    if reference is not None:
+        _check_disjoint(found.items, collection, reference)
     hashes = _Hashes(found.items)
     confident = None if changed else _confident_cut(verify, score, model_name, config, cut, local)
     check = _PairCheck(cut, decisions, hashes, verify, min_inliers, found.items, opts, confident)
@@ -372,15 +379,26 @@ def _confident_cut(
     return plain if stricter else None
 
 
-def _changed_settings(config: SearchConfig, model: str, cut: Threshold) -> list[str]:
+def _changed_settings(
+    config: SearchConfig, model: str, cut: Threshold, manifest: dict[str, Any] | None = None
+) -> list[str]:
     """The settings that differ from those the default threshold ``cut`` was measured with: the
-    model's defaults, or a preset's settings when the cut is the preset's own row."""
+    model's defaults, or a preset's settings when the cut is the preset's own row; with a saved
+    index's ``manifest``, also the model options and steps it was built with."""
     base = SearchConfig()
     if cut.source.startswith(f"default for {default_key(model, config.preset)}") and config.preset:
         base = _without_search_only_steps(SearchConfig.from_preset(config.preset))  # as dedup runs it
     options = [k for k, v in config.model_options.items() if v is not None and base.model_options.get(k) != v]
     ours, theirs = config.refinement.describe(), base.refinement.describe()
-    return options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
+    changed = options + [k for k in ours if ours[k] != theirs.get(k)] + [k for k in theirs if k not in ours]
+    stored = (manifest or {}).get("model") or {}
+    if stored.get("name") == model and model in EXTRACTORS:
+        defaults = {k: default for k, (_, default) in EXTRACTORS.get(model).options().items() if k != "weights"}
+        built = stored.get("options") or {}
+        changed += [k for k in defaults if k in built and built[k] != base.model_options.get(k, defaults[k])]
+    steps = (manifest or {}).get("postprocess") or {}
+    changed += [k for k in steps if k not in theirs]  # whitening or DBA stored with the index
+    return list(dict.fromkeys(changed))
 
 
 def _dedup_steps(config: SearchConfig, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -443,6 +461,11 @@ def _load(
         if backend is not None:
             raise InputError("--backend: a saved index is searched with the backend it was built with")
         index = GalleryIndex.open(source, resolve_device(opts.device).type)
+        if index.regions:
+            raise InputError(
+                f"{source}: an index of region vectors (built with --regions {index.regions}); dedup "
+                "compares whole images: give the folder, or an index built without --regions"
+            )
         if extractor is not None:  # new images as an index: they must share the library's model
             ours = extractor.describe()
             _check_model(index, ours["name"], ours["options"], None)
@@ -524,6 +547,38 @@ def _search_time_steps(refine: Refinement, index: GalleryIndex) -> Refinement:
         refine.check(index.dim)
         return refine
     return GallerySide(extractor=index.extractor(), metric=index.metric, index=index).reconcile(refine)
+
+
+_OVERLAP = (
+    "a library image would be its own duplicate, and acting on the new one would move or delete "
+    "the library's file; give new images that lie outside the library"
+)
+
+
+def _check_apart(collection: str | Path, reference: str | Path) -> None:
+    """Refuse, before anything is extracted, folders of which one holds the other."""
+    a, b = Path(collection), Path(reference)
+    folders = a.is_dir() and b.is_dir() and not is_index(a) and not is_index(b)
+    if folders and (is_inside(a, b) or is_inside(b, a)):
+        raise InputError(f"FOLDER {collection} and --reference {reference} overlap: {_OVERLAP}")
+
+
+def _entry(path: Path) -> str:
+    """The directory entry a path names, whatever folder links lead to it (a hard or symbolic link
+    of a library file is another entry: acting on it leaves the library's file in place)."""
+    path = Path(path).absolute()
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _check_disjoint(items: list[Item], collection: str | Path, reference: str | Path) -> None:
+    """Refuse new images that are files of the library (an index of it, a list naming them)."""
+    library = {_entry(it.path) for it in items if it.set == REFERENCE}
+    shared = [it.path for it in items if it.set == COLLECTION and _entry(it.path) in library]
+    if shared:
+        raise InputError(
+            f"FOLDER {collection} and --reference {reference} share {len(shared)} image(s) "
+            f"(such as {printable(str(shared[0]))}): {_OVERLAP}"
+        )
 
 
 def _vector_pairs(
