@@ -1,0 +1,165 @@
+"""Whitening learned from pairs the gallery makes itself: each gallery image and edited views of it.
+
+    python benchmarks/learned_whitening.py [--tmp DIR] [--sets crop-copies:1 ...] [--views 2] [--dense] [--score-only]
+
+The copies preset whitens with PCA fitted on the gallery (128-d, shrinkage 10): it removes what the
+gallery's images share, but knows nothing of what copying changes. Radenovic et al.'s learned
+whitening (Lw, "Fine-tuning CNN image retrieval with no human annotation", TPAMI 2018) learns that
+from matching pairs: whiten by the covariance of the pairs' differences (what edits change), then
+keep the 128 strongest directions of the gallery in that space. Here the pairs need no labels:
+each gallery image is paired with ``--views`` edited views of itself, drawn by the self-supervised
+trainer's own edits (:class:`lookalike.training.copyaug.CopyAugment` defaults: crops, turns,
+colour, text, shapes, pasting into another gallery image, JPEG) and described by the preset's
+network, as is everything else here (GeM, scales 1, 1/sqrt 2, 1/2; queries by their scale views,
+a gallery image scored by the best view, as `--query-scales`). The difference covariance is
+regularised by adding ``lam`` times its mean variance to each axis (``lam`` 0.1, 1, 10).
+
+Rule as `benchmarks/whitening.py`: the highest mean validation mAP (crop-copies 1, 2, 3,
+disc-copies 8, 9), then the test draws (crop-copies 0, disc-copies 7); ``--dense``: also the
+disc-copies-like draws with 8 copies of each photo in the gallery of `benchmarks/gallery_norm.py`
+(where gallery normalisation loses); ``--classes orl``: class retrieval too. Features are cached in DIR/lw-features/; `--score-only` scores
+what is cached. Prints Markdown; writes benchmarks/out/learned-whitening.json. Not a lookalike
+option (yet): this script fits and applies the projection itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lookalike
+from lookalike import ImageSet
+from lookalike.config import PRESETS
+from lookalike.images import load_image
+from lookalike.samples import make_copy_detection_set
+from lookalike.steps import PCAWhitening
+from lookalike.training.copyaug import CopyAugment
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from copies import build  # noqa: E402
+from gallery_norm import DENSE  # noqa: E402
+from preprocess import TEST, VAL, Variant, features  # noqa: E402
+from whitening import PRESET, parse_set, ranked_metrics  # noqa: E402
+
+LAMS = (0.1, 1.0, 10.0)
+DIM = 128
+
+
+class LearnedWhitening:
+    """Lw: x -> normalise(P^T (x - mean)), P whitening the pair differences, then the gallery's PCA."""
+
+    def __init__(self, gallery: np.ndarray, views: np.ndarray, dim: int, lam: float) -> None:
+        """``gallery`` (n, d) raw vectors, ``views`` (n, m, d) of their edited views."""
+        self.mean = gallery.mean(axis=0)
+        diffs = (gallery[:, None] - views).reshape(-1, gallery.shape[1]).astype(np.float64)
+        within = diffs.T @ diffs / len(diffs)
+        within += lam * np.trace(within) / len(within) * np.eye(len(within))
+        values, vectors = np.linalg.eigh(within)
+        inv_sqrt = (vectors / np.sqrt(values)) @ vectors.T
+        spread = (gallery - self.mean) @ inv_sqrt
+        _, axes = np.linalg.eigh(spread.T @ spread / len(spread))
+        self.projection = (inv_sqrt @ axes[:, ::-1][:, :dim]).astype(np.float32)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        y = (x - self.mean) @ self.projection
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def edited_views(net: torch.nn.Module, G: ImageSet, views: int, folder: Path) -> np.ndarray:
+    """(n, views, d) preset descriptors of ``views`` CopyAugment views of every gallery image, view j
+    of image i drawn from the generator seeded (0, i, j), pasting into another gallery image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    augment, n, paths = CopyAugment(), len(G.paths), []
+    for i, path in enumerate(G.paths):
+        base = load_image(path)
+        for j in range(views):
+            rng = np.random.default_rng([0, i, j])
+
+            def other(rng: np.random.Generator = rng, i: int = i) -> object:
+                return load_image(G.paths[(i + 1 + int(rng.integers(n - 1))) % n])
+
+            out = folder / f"{i}_{j}.png"
+            augment.view(base, rng, other).save(out)
+            paths.append(out)
+    return features(net, paths, Variant()).reshape(n, views, -1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the feature cache here.")
+    parser.add_argument("--sets", nargs="+", type=parse_set, default=VAL + TEST)
+    parser.add_argument("--views", type=int, default=2, help="Edited views per gallery image.")
+    parser.add_argument("--dense", action="store_true", help="Also the dense draws of gallery_norm.py.")
+    parser.add_argument("--classes", nargs="*", default=[], help="Class sets of --data too (orl, fmnist).")
+    parser.add_argument("--data", type=Path, default=HERE / "data", help="Where the class sets are.")
+    parser.add_argument("--score-only", action="store_true", help="Score the cached sets; extract nothing.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    rows = ["copies preset (PCA whitening on the gallery)", *(f"learned whitening, lam {lam:g}" for lam in LAMS)]
+    results: dict[str, dict[str, tuple]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.tmp or Path(scratch)
+        cache = tmp / f"lw-features-{args.views}"
+        cache.mkdir(parents=True, exist_ok=True)
+        draws = [(f"{n}:{s}", n, s) for n, s in args.sets]
+        draws += [(f"dense:{s}", "dense", s) for s in DENSE] if args.dense else []
+        draws += [(name, name, 0) for name in args.classes]
+        for key, name, seed in draws:
+            path = cache / f"{name}-{seed}.npz"
+            if args.score_only and not path.exists():
+                continue
+            if name == "dense":
+                query, gallery = make_copy_detection_set(
+                    tmp / f"dense-{seed}", gallery_copies=8, query_copies=4, seed=seed, strength=1.8,
+                    composite=0.7, distractors=400,
+                )
+            elif name in args.classes:
+                query, gallery = args.data / name / "query", args.data / name / "gallery"
+            else:
+                query, gallery = build(name, tmp, seed)
+            Q, G = ImageSet.from_path(query), ImageSet.from_path(gallery)
+            if not path.exists():
+                np.savez(
+                    path,
+                    qv=features(net, Q.paths, Variant(query_max=True, with_mean=True), per_scale=True),
+                    gw=features(net, G.paths, Variant()),
+                    vw=edited_views(net, G, args.views, tmp / f"views-{name}-{seed}"),
+                    qnames=np.array(Q.names),
+                    gnames=np.array(G.names),
+                )
+            f = dict(np.load(path))
+            if list(f["qnames"]) != list(Q.names) or list(f["gnames"]) != list(G.names):
+                raise SystemExit(f"{path}: cached for other images; delete it")
+            fitted = [PCAWhitening(*PRESET).fit(f["gw"])]
+            fitted += [LearnedWhitening(f["gw"], f["vw"], DIM, lam) for lam in LAMS]
+            for label, white in zip(rows, fitted, strict=True):
+                g = white.transform(f["gw"])
+                sims = np.max([white.transform(q) @ g.T for q in f["qv"]], axis=0)
+                results.setdefault(label, {})[key] = ranked_metrics(sims, Q, G)
+                print(label, key, "{:.3f} / {:.3f} / {:.3f}".format(*results[label][key]), flush=True)
+    keys = [key for key, _, _ in draws if key in results[rows[0]]]
+    val = [k for k in keys if k in {f"{n}:{s}" for n, s in VAL}]
+    score = {label: float(np.mean([cells[k][1] for k in val])) if val else None for label, cells in results.items()}
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    doc = {"views": args.views, "dim": DIM, "results": results, "score": score}
+    (out / "learned-whitening.json").write_text(json.dumps(doc, indent=2))
+    print("\n| whitening | mean val mAP (rule) |" + "".join(f" {k} |" for k in keys))
+    print("| --- | --- |" + " --- |" * len(keys))
+    for label, cells in results.items():
+        rule = "-" if score[label] is None else f"{score[label]:.3f}"
+        print(f"| {label} | {rule} |" + "".join(" {:.3f} / {:.3f} / {:.3f} |".format(*cells[k]) for k in keys))
+
+
+if __name__ == "__main__":
+    main()
