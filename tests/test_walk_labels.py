@@ -223,3 +223,26 @@ def test_cli_evaluate_with_one_labels_csv(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "no label" not in result.output and out.is_file()
+
+
+def test_a_stray_file_beside_the_class_folders_is_named_when_labels_are_needed(tmp_path: Path) -> None:
+    import lookalike
+    from lookalike.calibrate import calibrate
+
+    _images(tmp_path / "query", ["a/q1.png", "b/q2.png"])
+    _images(tmp_path / "gallery", ["a/g1.png", "b/g2.png", "stray.png"], colour=(30, 200, 30))
+    (tmp_path / "gallery" / "empty.jpg").write_bytes(b"")  # unreadable, and outside the class folders too
+    opts = ExtractOptions(progress=False, use_cache=False)
+    expected = r"gallery has 2 image\(s\) outside its class folders \(such as empty\.jpg\)"
+    with pytest.raises(InputError, match="evaluation needs labels: .*" + expected):
+        lookalike.evaluate(tmp_path / "query", tmp_path / "gallery", model="pixels", options=opts)
+    with pytest.raises(InputError, match="calibrate needs labels: .*" + expected):
+        calibrate(tmp_path / "query", tmp_path / "gallery")
+    (tmp_path / "gallery" / "stray.png").unlink()
+    (tmp_path / "gallery" / "empty.jpg").unlink()
+    run = lookalike.evaluate(tmp_path / "query", tmp_path / "gallery", model="pixels", options=opts)
+    assert run.metrics is not None and run.metrics.n_queries == 2
+    flat = tmp_path / "flat"  # nothing in class folders: the general message, no file to name
+    _images(flat, ["x.png", "y.png"])
+    with pytest.raises(InputError, match="put images in class folders"):
+        lookalike.evaluate(tmp_path / "query", flat, model="pixels", options=opts)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import printable, write_json
-from .images import ImageSet
+from .images import ImageSet, loose_images_message
 from .index import GalleryIndex, is_index
 from .metrics import (
     PrecisionRecallCurve,
@@ -172,7 +172,7 @@ def _gallery_labels(
         return gallery, dict(zip(index.names, index.labels, strict=True))
     g_set = gallery if isinstance(gallery, ImageSet) else ImageSet.from_path(gallery, labels_csv=labels_csv)
     if g_set.labels is None:
-        raise InputError(_NEEDS_LABELS)
+        raise InputError(loose_images_message("calibrate", g_set) or _NEEDS_LABELS)
     return g_set, dict(zip(g_set.names, g_set.labels, strict=True))
 
 
@@ -194,7 +194,7 @@ def calibrate(
         raise InputError(f"-k must be a positive whole number, got {k!r}")
     q_set = query if isinstance(query, ImageSet) else ImageSet.from_path(query, labels_csv=query_labels)
     if q_set.labels is None:
-        raise InputError(_NEEDS_LABELS)
+        raise InputError(loose_images_message("calibrate", q_set) or _NEEDS_LABELS)
     searched, g_label = _gallery_labels(gallery, gallery_labels)
     run = search(q_set, searched, k=k, config=config)
     q_label = dict(zip(q_set.names, q_set.labels, strict=True))

@@ -371,6 +371,24 @@ class ImageSet:
         return image_set
 
 
+def loose_images_message(what: str, *sets: ImageSet | None) -> str | None:
+    """Why a folder set has no labels when it is images outside its class folders that keep it
+    unlabelled (a stray file at the root): ``what`` needs labels, and which images stand in the way."""
+    for image_set in sets:
+        if image_set is None or image_set.labels is not None:
+            continue
+        loose = [name for name in image_set.names if "/" not in name]
+        if loose and len(loose) < len(image_set):
+            from .fileio import printable
+
+            return (
+                f"{what} needs labels: {image_set.source} has {len(loose)} image(s) outside its class "
+                f"folders (such as {printable(loose[0])}); move them into a class folder or elsewhere, "
+                "or pass a path,label CSV"
+            )
+    return None
+
+
 def _relative_name(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()

@@ -18,7 +18,7 @@ from .features.base import RESIZES
 from .features.regions import region_boxes, with_regions
 from .features.scale_views import view_count, with_scale_views
 from .fileio import printable, write_json
-from .images import ImageSet
+from .images import ImageSet, loose_images_message
 from .index import GalleryIndex, is_index
 from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
@@ -218,7 +218,8 @@ def search(
         threshold_value(min_score)
     side = gallery_side(gallery, model, model_options, metric, refinement, gallery_labels, opts)
     if evaluate and not (q_set.labelled and side.labelled):
-        raise InputError(_NEEDS_LABELS)
+        g_set = side.images if isinstance(side.images, ImageSet) else None
+        raise InputError(loose_images_message("evaluation", q_set, g_set) or _NEEDS_LABELS)
     refine = side.reconcile(refinement or Refinement())
     t0 = time.perf_counter()
     q_items, q_found = side.encode(q_set, opts, "queries")
