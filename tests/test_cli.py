@@ -52,6 +52,9 @@ def test_scores_and_challenge_format(photo_set: tuple[Path, Path], tmp_path: Pat
     assert set(challenge["images"]) == {p.name for p in query.rglob("*.jpg")}
     assert all("/" not in g for ranked in challenge["images"].values() for g in ranked)
     assert _invoke("search", query, gallery, "--format", "challenge").exit_code == 2
+    result = _invoke("search", query, gallery, "-o", tmp_path / "g.json", "--group", "team")  # default format
+    assert result.exit_code == 2 and "--group names the group of --format challenge" in result.output
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_evaluate_with_per_query_json(photo_set: tuple[Path, Path], tmp_path: Path) -> None:

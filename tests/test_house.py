@@ -153,6 +153,10 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
     from lookalike.config import SearchConfig
     from lookalike.dedup import find_duplicates
 
+    with pytest.raises(InputError, match="^--rerank-top sets how deep --rerank re-orders"):
+        SearchConfig.from_preset(None, refinement={"rerank_top": 50})
+    assert SearchConfig.from_preset(None, refinement={"rerank": "sift", "rerank_top": 50}).refinement.rerank_top == 50
+
     for preset, steps, flags in (
         ("copies", {"query_scales": True}, "--query-scales"),  # given by hand, though the preset has it
         ("copies", {"score_norm": 3}, "--score-norm"),

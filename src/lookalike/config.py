@@ -88,6 +88,8 @@ class SearchConfig:
             refine.pop("query_scales", None)
         if "query_resize" not in given and given.get("query_regions"):
             refine.pop("query_resize", None)
+        if "rerank_top" in given and refine.get("rerank") is None:
+            raise InputError("--rerank-top sets how deep --rerank re-orders the results: give --rerank too")
         known = {f.name for f in fields(Refinement) if f.init}
         unknown = sorted(set(refine) - known)
         if unknown:

@@ -142,6 +142,8 @@ def check_format(fmt: str, *, group: str | None = None, scores: bool = False) ->
         raise InputError(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "challenge" and not group:
         raise InputError("--format challenge needs a group name: --group NAME")
+    if fmt != "challenge" and group is not None:
+        raise InputError(f"--group names the group of --format challenge; the {fmt} format has none")
     if fmt == "challenge" and scores:
         raise InputError("--scores cannot be used with --format challenge, which lists file names only")
 
