@@ -639,6 +639,16 @@ def test_a_library_that_holds_the_new_images_is_refused_before_anything_moves(co
     result = find_duplicates(new, reference=col, config=PIXELS)
     assert [it.name for it in result.duplicates()] == ["astronaut.png"]
     assert snapshot(col) == before
+    # a library entry that links to a new image: trashing the new file would empty the link
+    linked_new, linked_lib = tmp_path / "ln-new", tmp_path / "ln-lib"
+    linked_new.mkdir()
+    shutil.copytree(col, linked_lib)
+    shutil.copyfile(col / "coffee.png", linked_new / "coffee.png")
+    os.symlink(linked_new / "coffee.png", linked_lib / "coffee_link.png")
+    with pytest.raises(InputError, match=r"share 1 image\(s\) \(such as .*coffee\.png\)"):
+        find_duplicates(linked_new, reference=linked_lib, config=PIXELS)
+    code, output = cli("dedup", str(new), "--reference", str(col), "-m", "pixels", "--rerank-top", "5")
+    assert code == 2 and "--rerank-top: dedup re-orders no search results" in output
 
 
 def test_delete_takes_no_destination_and_its_trash_is_always_beside_the_journal(col: Path, tmp_path: Path) -> None:

@@ -242,6 +242,11 @@ def test_a_stray_file_beside_the_class_folders_is_named_when_labels_are_needed(t
     (tmp_path / "gallery" / "empty.jpg").unlink()
     run = lookalike.evaluate(tmp_path / "query", tmp_path / "gallery", model="pixels", options=opts)
     assert run.metrics is not None and run.metrics.n_queries == 2
+    _images(tmp_path, ["loose.png"])
+    listed = tmp_path / "gallery.txt"  # a list never takes labels from folders: nothing to move
+    listed.write_text("gallery/a/g1.png\ngallery/b/g2.png\nloose.png\n", encoding="utf-8")
+    with pytest.raises(InputError, match="put images in class folders"):
+        lookalike.evaluate(tmp_path / "query", listed, model="pixels", options=opts)
     flat = tmp_path / "flat"  # nothing in class folders: the general message, no file to name
     _images(flat, ["x.png", "y.png"])
     with pytest.raises(InputError, match="put images in class folders"):

@@ -31,6 +31,7 @@ CSV_NAMES = {"µAP": "uAP"}  # the metrics JSON's ASCII key
 
 COMPARE_MARKER = ".lookalike-compare"  # in every folder compare writes: it may rewrite those
 COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
+TITLE = "# Method comparison"  # the first line of comparison.md
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Comparison:
         if thresholds:
             about += f"; precision and recall of the pairs at score threshold {', '.join(f'{t:g}' for t in thresholds)}"
         lines = [
-            "# Method comparison",
+            TITLE,
             "",
             f"Queries `{self.query}`, gallery `{self.gallery}`, {self.metric} scores; {about}.",
             "",
@@ -227,13 +228,24 @@ def check_comparison_folder(out_dir: str | Path, searched: list[Path] | None = N
     for root in searched or []:
         if folder.resolve().is_relative_to(Path(root).resolve()):
             raise InputError(f"-o {out_dir}: lies inside {root}, a searched folder; write the comparison elsewhere")
-    if folder.is_dir() and not (folder / COMPARE_MARKER).is_file():
+    if folder.is_dir() and not _written_by_compare(folder):
         taken = [name for name in COMPARISON_FILES if (folder / name).exists()]
         if taken:
             raise InputError(
                 f"-o {out_dir}: holds {', '.join(taken)}, not written by lookalike compare; "
                 "choose a new folder"
             )
+
+
+def _written_by_compare(folder: Path) -> bool:
+    """Whether compare wrote ``folder``: its marker, or (before the marker) the table's own title."""
+    if (folder / COMPARE_MARKER).is_file():
+        return True
+    try:
+        with (folder / "comparison.md").open(encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_comparison(table: Comparison, out_dir: str | Path, *, chart: bool = True) -> dict[str, Path]:

@@ -375,8 +375,8 @@ def loose_images_message(what: str, *sets: ImageSet | None) -> str | None:
     """Why a folder set has no labels when it is images outside its class folders that keep it
     unlabelled (a stray file at the root): ``what`` needs labels, and which images stand in the way."""
     for image_set in sets:
-        if image_set is None or image_set.labels is not None:
-            continue
+        if image_set is None or image_set.labels is not None or not Path(image_set.source or "-").is_dir():
+            continue  # a list or CSV never takes labels from folders
         loose = [name for name in image_set.names if "/" not in name]
         if loose and len(loose) < len(image_set):
             from .fileio import printable

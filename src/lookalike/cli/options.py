@@ -272,6 +272,8 @@ def _dedup_config(**values: Any) -> SearchConfig:
     from ..dedup.result import SEARCH_ONLY_STEPS, refuse_search_only
 
     refuse_search_only([flag for name, flag in SEARCH_ONLY_STEPS.items() if values.get(name)])
+    if values.get("rerank_top") is not None and not values.get("rerank"):  # (find_duplicates refuses --rerank)
+        raise InputError("--rerank-top: dedup re-orders no search results; it verifies pairs with --verify sift|surf")
     return _config(**values)
 
 

@@ -571,8 +571,10 @@ def _entry(path: Path) -> str:
 
 
 def _check_disjoint(items: list[Item], collection: str | Path, reference: str | Path) -> None:
-    """Refuse new images that are files of the library (an index of it, a list naming them)."""
+    """Refuse new images that are files of the library (an index of it, a list naming them) or
+    that a library entry links to (the library's image would go with the new one)."""
     library = {_entry(it.path) for it in items if it.set == REFERENCE}
+    library |= {os.path.realpath(it.path) for it in items if it.set == REFERENCE}
     shared = [it.path for it in items if it.set == COLLECTION and _entry(it.path) in library]
     if shared:
         raise InputError(
