@@ -33,20 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import lookalike
 from lookalike import ImageSet
-from lookalike.config import PRESETS
 from lookalike.samples import make_copy_detection_set
 from lookalike.steps import GalleryNorm, PCAWhitening
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
-from preprocess import TEST, VAL, Variant, features, measure_query_max  # noqa: E402
+from preprocess import QUERY_VIEWS, TEST, VAL, Variant, features, measure_query_max, preset_network  # noqa: E402
 from whitening import PRESET  # noqa: E402
 
 DENSE = (7, 8)
-VIEWS = Variant(query_max=True, with_mean=True)  # the preset's query scales, with the average
 
 
 def with_wallpapers(query: Path, gallery: Path, out: Path, wallpapers: Path) -> tuple[Path, Path]:
@@ -69,7 +66,7 @@ def main() -> None:
     parser.add_argument("--name", default="", help="Suffix of the results file.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    net = preset_network()
     rows = {"copies preset": 0, **{f"+ gallery norm k={k}": k for k in args.ks}}
     results: dict[str, dict[str, dict[str, tuple]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -87,7 +84,7 @@ def main() -> None:
                         query, gallery, tmp / f"{key.replace(':', '-')}-wallpapers", args.data / "wallpapers"
                     )
                 Q, G = ImageSet.from_path(query), ImageSet.from_path(gallery)
-                data = {"q": features(net, Q.paths, VIEWS, per_scale=True), "g": features(net, G.paths, VIEWS),
+                data = {"q": features(net, Q.paths, QUERY_VIEWS, per_scale=True), "g": features(net, G.paths, Variant()),
                         "Q": Q, "G": G}
                 offsets = GalleryNorm(10).offsets(PCAWhitening(*PRESET).fit(data["g"]).transform(data["g"]))
                 distractor = np.array([label == "distractors" for label in G.labels])

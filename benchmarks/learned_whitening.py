@@ -28,14 +28,13 @@ import argparse
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import lookalike
 from lookalike import ImageSet
-from lookalike.config import PRESETS
 from lookalike.images import load_image
 from lookalike.samples import make_copy_detection_set
 from lookalike.steps import PCAWhitening
@@ -45,7 +44,16 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
 from gallery_norm import DENSE  # noqa: E402
-from preprocess import TEST, VAL, Variant, features  # noqa: E402
+from preprocess import (  # noqa: E402
+    QUERY_VIEWS,
+    TEST,
+    VAL,
+    Variant,
+    best_view_similarities,
+    cached_features,
+    features,
+    preset_network,
+)
 from whitening import PRESET, parse_set, ranked_metrics  # noqa: E402
 
 LAMS = (0.1, 1.0, 10.0)
@@ -91,6 +99,15 @@ def edited_views(net: torch.nn.Module, G: ImageSet, views: int, folder: Path) ->
     return features(net, paths, Variant()).reshape(n, views, -1)
 
 
+def extract(net: torch.nn.Module, Q: ImageSet, G: ImageSet, views: int, folder: Path) -> dict[str, np.ndarray]:
+    """Query scale views (views, n, d), gallery vectors (n, d) and their edited views (n, views, d)."""
+    return {
+        "qv": features(net, Q.paths, QUERY_VIEWS, per_scale=True),
+        "gw": features(net, G.paths, Variant()),
+        "vw": edited_views(net, G, views, folder),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,7 +121,7 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="Score the cached sets; extract nothing.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    net = preset_network()
     rows = ["copies preset (PCA whitening on the gallery)", *(f"learned whitening, lam {lam:g}" for lam in LAMS)]
     results: dict[str, dict[str, tuple]] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -128,23 +145,11 @@ def main() -> None:
             else:
                 query, gallery = build(name, tmp, seed)
             Q, G = ImageSet.from_path(query), ImageSet.from_path(gallery)
-            if not path.exists():
-                np.savez(
-                    path,
-                    qv=features(net, Q.paths, Variant(query_max=True, with_mean=True), per_scale=True),
-                    gw=features(net, G.paths, Variant()),
-                    vw=edited_views(net, G, args.views, tmp / f"views-{name}-{seed}"),
-                    qnames=np.array(Q.names),
-                    gnames=np.array(G.names),
-                )
-            f = dict(np.load(path))
-            if list(f["qnames"]) != list(Q.names) or list(f["gnames"]) != list(G.names):
-                raise SystemExit(f"{path}: cached for other images; delete it")
+            f = cached_features(path, Q, G, partial(extract, net, Q, G, args.views, tmp / f"views-{name}-{seed}"))
             fitted = [PCAWhitening(*PRESET).fit(f["gw"])]
             fitted += [LearnedWhitening(f["gw"], f["vw"], DIM, lam) for lam in LAMS]
             for label, white in zip(rows, fitted, strict=True):
-                g = white.transform(f["gw"])
-                sims = np.max([white.transform(q) @ g.T for q in f["qv"]], axis=0)
+                sims = best_view_similarities(white, f["qv"], white.transform(f["gw"]))
                 results.setdefault(label, {})[key] = ranked_metrics(sims, Q, G)
                 print(label, key, "{:.3f} / {:.3f} / {:.3f}".format(*results[label][key]), flush=True)
     keys = [key for key, _, _ in draws if key in results[rows[0]]]

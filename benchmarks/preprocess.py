@@ -20,8 +20,10 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +64,31 @@ class Variant:
     def gallery(self) -> Variant:
         """How the gallery's images are read (the same, or squashed with ``gallery_squash``)."""
         return Variant(self.size, False, self.scales, self.angles) if self.gallery_squash else self
+
+
+QUERY_VIEWS = Variant(query_max=True, with_mean=True)  # the preset's query scales, with the average
+
+
+def preset_network() -> torch.nn.Module:
+    """The copies preset's network (efficientnet-lite0, GeM, multi-scale), in eval mode."""
+    return lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+
+
+def best_view_similarities(white: Any, views: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """(queries x gallery): each whitened ``gallery`` vector's best cosine over the query ``views``
+    (views, n, d) whitened by ``white`` (any fitted whitening with ``transform``)."""
+    return np.max([white.transform(q) @ gallery.T for q in views], axis=0)
+
+
+def cached_features(path: Path, Q: ImageSet, G: ImageSet, make: Callable[[], dict[str, np.ndarray]]) -> dict:
+    """The arrays ``make()`` gives for a set, saved at ``path`` the first time (with the images'
+    names, checked on every later load so a cache of other images is never scored)."""
+    if not path.exists():
+        np.savez(path, **make(), qnames=np.array(Q.names), gnames=np.array(G.names))
+    f = dict(np.load(path))
+    if list(f["qnames"]) != list(Q.names) or list(f["gnames"]) != list(G.names):
+        raise SystemExit(f"{path}: cached for other images; delete it")
+    return f
 
 
 VARIANTS = {
@@ -134,7 +161,7 @@ def measure_query_max(
     (minus its ``--gallery-norm`` offset, the library's own GalleryNorm, when ``gallery_norm``)."""
     white = PCAWhitening(dim, shrinkage).fit(data["g"])
     g = white.transform(data["g"])
-    sims = np.max([white.transform(q) @ g.T for q in data["q"]], axis=0)
+    sims = best_view_similarities(white, data["q"], g)
     if gallery_norm:
         sims = sims - GalleryNorm(gallery_norm).offsets(g)[None]
     return ranked_metrics(sims, data["Q"], data["G"])
@@ -149,7 +176,7 @@ def main() -> None:
     parser.add_argument("--name", default="", help="Suffix of the results file.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    net = preset_network()
     results: dict[str, dict[str, tuple]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)

@@ -22,14 +22,13 @@ import argparse
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import lookalike
 from lookalike import ImageSet
-from lookalike.config import PRESETS
 from lookalike.extract import DecodedImages
 from lookalike.features.regions import DEFAULT_UPSCALE, RegionNet, region_boxes
 from lookalike.images import DEFAULT_MAX_PIXELS
@@ -38,7 +37,7 @@ from lookalike.steps import PCAWhitening
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
-from preprocess import TEST, VAL, Variant, features  # noqa: E402
+from preprocess import QUERY_VIEWS, TEST, VAL, Variant, cached_features, features, preset_network  # noqa: E402
 from whitening import PRESET, parse_set, ranked_metrics  # noqa: E402
 
 VARIANTS = {  # label: (regions per gallery image, whitening fitted on "whole" images or "all" region rows)
@@ -62,11 +61,9 @@ def extract(net: torch.nn.Module, Q: ImageSet, G: ImageSet) -> dict[str, np.ndar
         batch = torch.stack([decoded[i][1].float() for i in range(s, min(s + 16, len(G.paths)))])
         rows.append(regions(batch).numpy())
     return {
-        "qv": features(net, Q.paths, Variant(query_max=True, with_mean=True), per_scale=True),
+        "qv": features(net, Q.paths, QUERY_VIEWS, per_scale=True),
         "gw": features(net, G.paths, Variant()),
         "gr": np.concatenate(rows),
-        "qnames": np.array(Q.names),
-        "gnames": np.array(G.names),
     }
 
 
@@ -86,7 +83,7 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="Score the cached sets; extract nothing.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    net = lookalike.create_extractor("efficientnet-lite0", **PRESETS["copies"]["model_options"]).module.eval()
+    net = preset_network()
     results: dict[str, dict[str, tuple]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)
@@ -98,11 +95,7 @@ def main() -> None:
                 continue
             query, gallery = build(name, tmp, seed)
             Q, G = ImageSet.from_path(query), ImageSet.from_path(gallery)
-            if not path.exists():
-                np.savez(path, **extract(net, Q, G))
-            f = dict(np.load(path))
-            if list(f["qnames"]) != list(Q.names) or list(f["gnames"]) != list(G.names):
-                raise SystemExit(f"{path}: cached for other images; delete it")
+            f = cached_features(path, Q, G, partial(extract, net, Q, G))
             for label, (regions, fit_on) in VARIANTS.items():
                 results.setdefault(label, {})[key] = ranked_metrics(similarities(f, regions, fit_on), Q, G)
                 print(label, key, "{:.3f} / {:.3f} / {:.3f}".format(*results[label][key]), flush=True)
