@@ -33,11 +33,13 @@ from lookalike.samples import make_copy_detection_set, make_crop_copy_set
 HERE = Path(__file__).parent
 
 COPIES = ("efficientnet-lite0", PRESETS["copies"]["model_options"])
-# the copies preset's whitening (shrinkage 10). Rows named "copies preset ..." below were measured
-# when this was the whole preset; since 2026-12-06 it also has query scales ("copies preset + query
-# scales" is the preset as it is now)
+# the copies preset's whitening until 2026-12-07 (PCA on the gallery, shrinkage 10). Rows named
+# "copies preset ..." below were measured when this was the whole preset; on 2026-12-06 it gained
+# query scales, on 2026-12-07 a whitening learned from two edited views of each gallery image
+# ("copies preset + query scales + learned whitening" is the preset as it is now)
 COPIES_STEPS = {"whiten": True, "whiten_dim": 128}
-assert PRESETS["copies"]["refinement"] == {**COPIES_STEPS, "query_scales": True}, "the copies preset changed"
+LEARNED = {"whiten_views": 2}
+assert PRESETS["copies"]["refinement"] == {**COPIES_STEPS, **LEARNED, "query_scales": True}, "the copies preset changed"
 # the pick of benchmarks/whitening.py on validation sets: ranks copies better, costs dedup and classes
 VALIDATED_STEPS = {"whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.1}
 # its pick for a selfsup model trained on disc-copies seed 8
@@ -58,6 +60,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "copies preset + resize fit": (COPIES[0], {**COPIES[1], "resize": "fit"}, COPIES_STEPS),
     # queries described at each scale too (--query-scales): a gallery image scores its best view
     "copies preset + query scales": COPIES + ({**COPIES_STEPS, "query_scales": True},),
+    "copies preset + query scales + learned whitening": COPIES + ({**COPIES_STEPS, **LEARNED, "query_scales": True},),
     "copies preset + query scales + score norm k=10": COPIES
     + ({**COPIES_STEPS, "query_scales": True, "score_norm": 10},),
     # queries fitted (not blown up), the gallery squashed as for dedup

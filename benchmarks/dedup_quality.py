@@ -112,6 +112,9 @@ class Method:
         extract = ExtractOptions(progress=False, cache_dir=cache, device="cpu")
         if base == "copies":
             config = SearchConfig.from_preset("copies", extract=extract)
+        elif base.startswith("copies-views"):  # the preset with a whitening learned from N views
+            views = int(base.removeprefix("copies-views"))
+            config = SearchConfig.from_preset("copies", extract=extract, refinement={"whiten_views": views})
         else:
             config = SearchConfig(model=base, extract=extract)
         return cls(name, config, verify or None)

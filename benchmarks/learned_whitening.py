@@ -1,9 +1,10 @@
 """Whitening learned from pairs the gallery makes itself: each gallery image and edited views of it.
 
     python benchmarks/learned_whitening.py [--tmp DIR] [--sets crop-copies:1 ...] [--views 2] [--dense] [--score-only]
+    python benchmarks/learned_whitening.py --pipeline [--tmp DIR] [--sets ...] [--dense] [--classes orl]
 
-The copies preset whitens with PCA fitted on the gallery (128-d, shrinkage 10): it removes what the
-gallery's images share, but knows nothing of what copying changes. Radenovic et al.'s learned
+Until 2026-12-07 the copies preset whitened with PCA fitted on the gallery (128-d, shrinkage 10): it
+removes what the gallery's images share, but knows nothing of what copying changes. Radenovic et al.'s learned
 whitening (Lw, "Fine-tuning CNN image retrieval with no human annotation", TPAMI 2018) learns that
 from matching pairs: whiten by the covariance of the pairs' differences (what edits change), then
 keep the 128 strongest directions of the gallery in that space. Here the pairs need no labels:
@@ -18,8 +19,15 @@ Rule as `benchmarks/whitening.py`: the highest mean validation mAP (crop-copies 
 disc-copies 8, 9), then the test draws (crop-copies 0, disc-copies 7); ``--dense``: also the
 disc-copies-like draws with 8 copies of each photo in the gallery of `benchmarks/gallery_norm.py`
 (where gallery normalisation loses); ``--classes orl``: class retrieval too. Features are cached in DIR/lw-features/; `--score-only` scores
-what is cached. Prints Markdown; writes benchmarks/out/learned-whitening.json. Not a lookalike
-option (yet): this script fits and applies the projection itself.
+what is cached. Prints Markdown; writes benchmarks/out/learned-whitening.json. This mode fits and
+applies the projection itself.
+
+``--pipeline`` measures the lookalike option instead (``--preset copies --whiten-views 0``, PCA
+whitening on the gallery, against ``--preset copies --whiten-views 2``, the preset since
+2026-12-07), each a `lookalike.search` with evaluation, the feature cache shared (the second run
+extracts only the views), with the search time of each after the features are cached (the second
+run's includes drawing and describing the views). Writes ``--out`` (default
+benchmarks/out/learned-whitening-pipeline.json).
 """
 
 from __future__ import annotations
@@ -108,19 +116,48 @@ def extract(net: torch.nn.Module, Q: ImageSet, G: ImageSet, views: int, folder: 
     }
 
 
+def pipeline_rows(draws: list[tuple[str, Path, Path]], views: int, cache: Path) -> dict[str, dict[str, list]]:
+    """(top-1, mAP, µAP, seconds) of the copies preset with PCA whitening (``--whiten-views 0``, the
+    preset before 2026-12-07) and with the whitening learned from ``views`` views, per draw."""
+    import time
+
+    from lookalike import ExtractOptions
+    from lookalike.config import SearchConfig
+    from lookalike.pipeline import search
+
+    opts = ExtractOptions(cache_dir=cache, progress=False, num_workers=0)
+    settings = {"--preset copies --whiten-views 0": 0, f"--preset copies --whiten-views {views}": views}
+    rows: dict[str, dict[str, list]] = {label: {} for label in settings}
+    for key, query, gallery in draws:
+        for label, n in settings.items():
+            config = SearchConfig.from_preset("copies", refinement={"whiten_views": n}, extract=opts)
+            if not n:  # fills the feature cache, so the timings below exclude the preset's features
+                search(query, gallery, k=10, config=config)
+            start = time.perf_counter()
+            m = search(query, gallery, k=10, evaluate=True, config=config).metrics
+            cells = [m.top_k[1], m.mean_ap, float(m.micro_ap), time.perf_counter() - start]
+            rows[label][key] = cells
+            print(label, key, "{:.3f} / {:.3f} / {:.3f}  {:.1f} s".format(*cells), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tmp", type=Path, default=None, help="Keep the sets and the feature cache here.")
-    parser.add_argument("--sets", nargs="+", type=parse_set, default=VAL + TEST)
+    parser.add_argument("--sets", nargs="*", type=parse_set, default=VAL + TEST)
     parser.add_argument("--views", type=int, default=2, help="Edited views per gallery image.")
     parser.add_argument("--dense", action="store_true", help="Also the dense draws of gallery_norm.py.")
     parser.add_argument("--classes", nargs="*", default=[], help="Class sets of --data too (orl, fmnist).")
     parser.add_argument("--data", type=Path, default=HERE / "data", help="Where the class sets are.")
     parser.add_argument("--score-only", action="store_true", help="Score the cached sets; extract nothing.")
+    parser.add_argument("--pipeline", action="store_true", help="Measure the lookalike option, not this script's fit.")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "learned-whitening-pipeline.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.pipeline:
+        return run_pipeline(args)
     net = preset_network()
     rows = ["copies preset (PCA whitening on the gallery)", *(f"learned whitening, lam {lam:g}" for lam in LAMS)]
     results: dict[str, dict[str, tuple]] = {}
@@ -164,6 +201,30 @@ def main() -> None:
     for label, cells in results.items():
         rule = "-" if score[label] is None else f"{score[label]:.3f}"
         print(f"| {label} | {rule} |" + "".join(" {:.3f} / {:.3f} / {:.3f} |".format(*cells[k]) for k in keys))
+
+
+def run_pipeline(args: argparse.Namespace) -> None:
+    """``--pipeline``: the preset with and without the option, through lookalike's own search."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.tmp or Path(scratch)
+        draws = [(f"{n}:{s}", *build(n, tmp, s)) for n, s in args.sets]
+        if args.dense:
+            for s in DENSE:
+                folder = tmp / f"dense-{s}"
+                draws.append((f"dense:{s}", *make_copy_detection_set(
+                    folder, gallery_copies=8, query_copies=4, seed=s, strength=1.8, composite=0.7, distractors=400
+                )))
+        draws += [(name, args.data / name / "query", args.data / name / "gallery") for name in args.classes]
+        rows = pipeline_rows(draws, args.views, tmp / "pipeline-cache")
+    keys = [key for key, _, _ in draws]
+    val = [k for k in keys if k in {f"{n}:{s}" for n, s in VAL}]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"views": args.views, "results": rows}, indent=2))
+    print("\n| configuration | mean val mAP (rule) |" + "".join(f" {k} |" for k in keys))
+    print("| --- | --- |" + " --- |" * len(keys))
+    for label, cells in rows.items():
+        rule = f"{np.mean([cells[k][1] for k in val]):.3f}" if val else "-"
+        print(f"| {label} | {rule} |" + "".join(" {:.3f} / {:.3f} / {:.3f} ({:.1f} s) |".format(*cells[k]) for k in keys))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ from copies import build  # noqa: E402  (the copy sets exactly as the copies ben
 DIMS: tuple[int | None, ...] = (32, 48, 64, 96, 128, 192, 256, None)
 SHRINKAGES = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 _steps = PRESETS["copies"]["refinement"]
-PRESET = (_steps.get("whiten_dim"), _steps.get("whiten_shrinkage", DEFAULT_SHRINKAGE))  # the copies preset's
+# the copies preset's dimension with PCA's shrinkage: its whitening until 2026-12-07 (since then it is
+# learned from edited views, `benchmarks/learned_whitening.py`), the baseline of the scripts here
+PRESET = (_steps.get("whiten_dim"), DEFAULT_SHRINKAGE)
 
 
 def parse_set(text: str) -> tuple[str, int]:

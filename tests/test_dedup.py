@@ -674,5 +674,12 @@ def test_an_index_built_with_other_settings_warns_that_the_default_threshold_was
     assert code == 0, output
     code, output = cli("dedup", str(tmp_path / "c.index"))
     assert code == 0 and "default settings, not with pool, multiscale, whiten" in output
-    code, output = cli("dedup", str(tmp_path / "c.index"), "--preset", "copies")  # what it was measured with
+    # the search preset's learned whitening is stored; dedup's preset cut was measured with PCA
+    code, output = cli("dedup", str(tmp_path / "c.index"), "--preset", "copies")
+    assert code == 0 and "under --preset copies (as dedup runs it), not with whiten" in output
+    code, output = cli(
+        "index", "build", str(col), "-o", str(tmp_path / "p.index"), "--preset", "copies", "--whiten-views", "0", "-q"
+    )
+    assert code == 0, output
+    code, output = cli("dedup", str(tmp_path / "p.index"), "--preset", "copies")  # what it was measured with
     assert code == 0 and "was measured with" not in output

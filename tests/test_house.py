@@ -77,6 +77,8 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
     assert not SearchConfig.from_preset("copies", model_options={"multiscale": False}).refinement.query_scales
     regional = SearchConfig.from_preset("copies", refinement={"regions": 2, "query_regions": True}).refinement
     assert regional.query_regions and not regional.query_scales
+    assert regional.whiten and not regional.whiten_views  # views are whole images: PCA over the regions
+    assert copies.refinement.whiten_views == 2
     verified = SearchConfig.from_preset("copies", refinement={"rerank": "sift"}).refinement
     assert verified.rerank == "sift" and not verified.query_scales
     for off in (False, "false", "0", "off"):  # -O multiscale=false is text until the model reads it
@@ -90,9 +92,9 @@ def test_presets_are_data_and_explicit_options_override_them() -> None:
         "copies", model_options={"pool": "mac"}, refinement={"whiten_dim": 64, "whiten_shrinkage": 0.1}
     )
     assert mine.model_options["pool"] == "mac" and mine.refinement.whiten_dim == 64
-    assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1}, "query_scales": True}
+    assert mine.refinement.describe() == {"whiten": {"dim": 64, "shrinkage": 0.1, "views": 2}, "query_scales": True}
     off = SearchConfig.from_preset("copies", refinement={"whiten": False})
-    assert not off.refinement.whiten and off.refinement.whiten_dim is None
+    assert not off.refinement.whiten and off.refinement.whiten_dim is None and not off.refinement.whiten_views
     stored = SearchConfig.from_preset("copies", refinement={"whiten_shrinkage": 0.3}).index_postprocess()
     assert (stored.whiten_dim, stored.whiten_shrinkage) == (128, 0.3)  # index build keeps it
     assert SearchConfig.from_preset(None).refinement.describe() == {}
@@ -119,7 +121,7 @@ def test_preset_through_the_cli(photo_set: tuple[Path, Path], tmp_path: Path) ->
     result = CliRunner().invoke(app, [*args, "--whiten-dim", "8", "--summary", str(summary), "-q", "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     doc = json.loads(summary.read_text())
-    assert doc["refinement"] == {"whiten": {"dim": 8, "shrinkage": 10.0}}
+    assert doc["refinement"] == {"whiten": {"dim": 8, "shrinkage": 1.0, "views": 2}}
     assert doc["model"]["options"]["pool"] == "avg" and doc["model"]["options"]["multiscale"] is False
     listing = CliRunner().invoke(app, ["presets"])
     assert listing.exit_code == 0 and "copies" in listing.output and "whiten_dim=128" in listing.output
@@ -175,7 +177,7 @@ def test_options_that_cannot_apply_are_refused_not_ignored(
         assert refused.exit_code == 2 and f"error: {flags[0]}: search-time option" in refused.output
     # the preset's own query scales are dropped, not refused: dedup --preset copies works
     found = find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies", refinement={"whiten_dim": 4}))
-    assert found.settings["refinement"] == {"whiten": {"dim": 4, "shrinkage": 10.0}}
+    assert found.settings["refinement"] == {"whiten": {"dim": 4, "shrinkage": 10.0}}  # PCA: dedup's measured pick
     caplog.clear()
     find_duplicates(photo_set[1], config=SearchConfig.from_preset("copies"))  # the preset's own threshold
     assert "default threshold" not in caplog.text  # the preset as dedup runs it: no warning

@@ -215,3 +215,26 @@ def test_subtitle_names_the_options_that_shaped_the_ranking(
     )
     data = report_data(write_report(run, query, gallery, tmp_path / "r.html", progress=False))
     assert "model pixels (whiten 4-d shrinkage 0.3, dba 2, rerank k-reciprocal top 12)" in data["subtitle"]
+
+
+def test_the_method_line_names_every_step_of_a_run() -> None:
+    from lookalike.report import _model_text
+
+    # the copies preset's run: query scales (a flag) once made the report fail with a traceback
+    model = {"name": "efficientnet-lite0", "options": {"pool": "gem", "multiscale": True}}
+    steps = {
+        "whiten": {"dim": 128, "shrinkage": 1.0, "views": 2},
+        "query_scales": True,
+        "query_resize": "fit",
+        "regions": {"levels": 2, "count": 5, "query": True},
+        "gallery_norm": {"k": 3},
+        "score_norm": {"k": 10, "background": None},
+    }
+    assert _model_text(model, steps) == (
+        "efficientnet-lite0 (pool gem, multiscale, whiten 128-d learned from 2 views, query scales, "
+        "query resize fit, regions 2 and query regions, gallery norm 3, score norm 10)"
+    )
+    stored = {"index": {"whiten": {"kind": "pca-whitening", "dim": 64, "shrinkage": 0.1, "requested_dim": 64}}}
+    assert _model_text({"name": "m"}, {**stored, "qe": {"k": 3, "alpha": 3.0}}) == (
+        "m (index whiten 64-d shrinkage 0.1, qe 3)"
+    )

@@ -31,6 +31,7 @@ from .metrics import (
     scored_pairs,
 )
 from .pipeline import search
+from .steps import DEFAULT_SHRINKAGE, LEARNED_SHRINKAGE
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -324,7 +325,7 @@ def _check_model(where: str, stored: dict[str, Any], model: str | dict[str, Any]
 def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
     """The steps of a run's refinement (``SearchRun.refinement``, a search's or an index's) that
     change what a score means, in one form whether they ran at search time or were stored with
-    the index: whitening (dimension asked for, shrinkage), DBA, query expansion, query scales and
+    the index: whitening (dimension asked for, shrinkage, views it was learned from), DBA, query expansion, query scales and
     resize, query regions, gallery normalisation and score normalisation (k, and whether a
     background set was given).
     Re-ranking names its own kind of score; the gallery's regions are the model's options.
@@ -343,6 +344,8 @@ def score_steps(refinement: dict[str, Any]) -> dict[str, Any]:
     whiten = step(refinement, "whiten") or step(index, "whiten")
     if whiten:
         out["whiten"] = {"dim": whiten.get("requested_dim", whiten.get("dim")), "shrinkage": whiten.get("shrinkage")}
+        if whiten.get("views"):  # learned from edited views (absent: PCA, as files before it record)
+            out["whiten"]["views"] = whiten["views"]
     for name in ("dba", "qe"):
         found = step(refinement, name) or step(index, name)
         if found:
@@ -391,6 +394,13 @@ def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) ->
                    if step in theirs and step not in ours]
     if search_only:
         hint = f" (with {' '.join(search_only)} for a search without them, as dedup's)"
+    mine, measured = ours.get("whiten") or {}, theirs.get("whiten") or {}
+    views = measured.get("views", 0)
+    if mine and measured and mine.get("dim") == measured.get("dim") and mine.get("views", 0) != views:
+        flags = f"--whiten-views {views}"  # (a file from before --whiten-views records none: PCA)
+        if measured.get("shrinkage") not in (None, LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE):
+            flags += f" --whiten-shrinkage {measured['shrinkage']:g}"
+        hint = f" (with {flags} for the whitening it was measured with)"
     raise InputError(
         f"{where}: a threshold measured with other steps ({shown}); scores change with them: "
         f"calibrate again with the same refinement{hint}"

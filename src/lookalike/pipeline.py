@@ -23,8 +23,9 @@ from .index import GalleryIndex, is_index
 from .index.regions import RegionIndex
 from .methods import LocalMethod, is_local_method, resolve_method
 from .metrics import TOP_KS, RetrievalMetrics, accepts, evaluate_rankings, is_higher_better
+from .pairs import view_source
 from .rerank import RERANKERS, Reranker, RerankInputs
-from .steps import GalleryNorm, Postprocess, ScoreNormalisation
+from .steps import GalleryNorm, Postprocess, ScoreNormalisation, ViewSource
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -99,7 +100,9 @@ class SearchRun:
         list may end early or be empty. Similarities pass at or above it, distances at or below."""
         from .calibrate import threshold_value
 
-        threshold = threshold_value(min_score, score=self.metric, model=self.model, refinement=self.refinement)
+        threshold = threshold_value(
+            min_score, score=self.metric, model=self.model, refinement=self.refinement
+        )
         keep = accepts(self.scores, threshold, higher_is_better=is_higher_better(self.metric)) & (
             self.indices >= 0
         )
@@ -222,7 +225,7 @@ def search(
     if evaluate and not (q_set.labelled and side.labelled):
         g_set = side.images if isinstance(side.images, ImageSet) else None
         raise InputError(loose_images_message("evaluation", q_set, g_set) or _NEEDS_LABELS)
-    refine = side.reconcile(refinement or Refinement())
+    refine = side.reconcile(refinement or Refinement(), config is not None and config.preset_whitening)
     t0 = time.perf_counter()
     q_items, q_found = side.encode(q_set, opts, "queries")
     side.embed(opts)
@@ -401,6 +404,7 @@ def _resized(extractor: Extractor, resize: str) -> Extractor:
         raise InputError(f"--query-resize {resize}: {exc}") from None
 
 
+_NO_REGION_VIEWS = "is not supported: the edited views are whole images, the gallery's rows are regions"
 _NO_REGION_NORM = "is not supported: a region's neighbours are mostly its own image's other regions"
 
 
@@ -457,6 +461,8 @@ class Refinement(Postprocess):
             raise InputError("--background is the reference set of --score-norm K: give --score-norm too")
         if self.regions:
             region_boxes(self.regions)  # checks the level
+        if self.regions and self.whiten_views:
+            raise InputError(f"--whiten-views with --regions {_NO_REGION_VIEWS}")
         if self.query_regions and not self.regions:
             raise InputError("--query-regions searches by the regions of --regions L: give --regions too")
         if self.regions and self.background is not None:
@@ -482,7 +488,9 @@ class Refinement(Postprocess):
         if self.gallery_norm and self.regions:
             raise InputError(f"--gallery-norm with --regions {_NO_REGION_NORM}")
         if self.query_resize is not None and self.query_resize not in RESIZES:
-            raise InputError(f"--query-resize: unknown value {self.query_resize!r}; choose one of {', '.join(RESIZES)}")
+            raise InputError(
+                f"--query-resize: unknown value {self.query_resize!r}; choose one of {', '.join(RESIZES)}"
+            )
         if self.query_resize is not None and self.query_regions:
             raise InputError(
                 "--query-resize reads whole-image queries; --query-regions cuts regions as the gallery's are: give one"
@@ -520,20 +528,25 @@ class Refinement(Postprocess):
             }
         return out
 
-    def fit_gallery(self, gallery: np.ndarray) -> tuple[Postprocess | None, np.ndarray, bool]:
+    def fit_gallery(
+        self, gallery: np.ndarray, views: ViewSource | None = None
+    ) -> tuple[Postprocess | None, np.ndarray, bool]:
         """(steps, gallery, changed): a fresh copy of the vector steps fitted on this gallery (None
-        when none is on; the object itself stays unfitted) and the gallery after them."""
+        when none is on; the object itself stays unfitted) and the gallery after them; ``views``
+        gives the edited views a learned whitening (``whiten_views``) is fitted on."""
         gallery = np.asarray(gallery)
         if not (self.whiten or self.dba or self.qe):
             return None, gallery, False
-        steps = self.settings_as(Postprocess).fit(gallery)
+        steps = self.settings_as(Postprocess).fit(gallery, views)
         changed = bool(self.whiten or self.dba)
         return steps, (steps.gallery(gallery) if changed else gallery), changed
 
-    def apply(self, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    def apply(
+        self, queries: np.ndarray, gallery: np.ndarray, views: ViewSource | None = None
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
         """(queries, gallery, changed): the vectors after whitening, DBA and QE, fitted here on
         this gallery (see :meth:`fit_gallery`)."""
-        steps, processed, changed = self.fit_gallery(gallery)
+        steps, processed, changed = self.fit_gallery(gallery, views)
         return (queries if steps is None else steps.queries(queries, processed)), processed, changed
 
     def reranker(
@@ -579,6 +592,7 @@ class GallerySide:
     _searchable: tuple[Any, Postprocess | None] | None = field(default=None, repr=False)
     query_extractor: Extractor | None = None  # another view of the queries (whole image vs regions)
     regions: int = 1  # region vectors per gallery image (see features.regions)
+    options: ExtractOptions | None = None  # how the gallery was read: its edited views are read alike
     query_regions: int = 1  # vectors per query: its regions or its scale views (features.scale_views)
 
     @property
@@ -600,30 +614,40 @@ class GallerySide:
             )
         return self.images.subset(self.kept)
 
-    def reconcile(self, refine: Refinement) -> Refinement:
+    def reconcile(self, refine: Refinement, preset_whitening: bool = False) -> Refinement:
         """The search-time steps left to run, checked against the model's dimension. Against a saved
         index a step it already stores with the same settings (a preset used for both build and
         search) is not run twice; one with other settings is refused, since it would be applied on
-        top of the stored one."""
+        top of the stored one, unless it is a preset's own whitening (``preset_whitening``, see
+        :attr:`SearchConfig.preset_whitening`): the stored one is used then."""
         refine.check(self.extractor.dim // self.regions)  # one region's dimension
+        if refine.whiten_views and self.regions > 1:
+            raise InputError(f"--whiten-views with an index of regions {_NO_REGION_VIEWS}")
         if refine.gallery_norm:  # before anything is extracted (a folder's unreadable images count later)
             if self.metric != "cosine":
                 raise InputError(f"--gallery-norm normalises cosine similarities, not {self.metric} scores")
             if self.regions > 1:
                 raise InputError(f"--gallery-norm with an index of regions {_NO_REGION_NORM}")
-            GalleryNorm(refine.gallery_norm).check_size(len(self.images if self.images is not None else self.index))
+            GalleryNorm(refine.gallery_norm).check_size(
+                len(self.images if self.images is not None else self.index)
+            )
         if self.images is not None or not self.index.post.active:
             return refine
         post = self.index.post
         changes: dict[str, Any] = {}
         if refine.whiten and post.whiten:
-            if (refine.whiten_dim, refine.shrinkage) != (post.whiten_dim, post.shrinkage):
+            if not preset_whitening and (refine.whiten_dim, refine.shrinkage, refine.whiten_views) != (
+                post.whiten_dim,
+                post.shrinkage,
+                post.whiten_views,
+            ):
+                learned = f", learned from {post.whiten_views} views per image" if post.whiten_views else ""
                 raise InputError(
                     f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, "
-                    f"shrinkage {post.shrinkage:g}, fitted at build); drop --whiten from the search, "
-                    "give the same --whiten-dim and --whiten-shrinkage, or rebuild the index"
+                    f"shrinkage {post.shrinkage:g}{learned}, fitted at build); drop --whiten from the search, "
+                    "give the same --whiten-dim, --whiten-shrinkage and --whiten-views, or rebuild the index"
                 )
-            changes.update(whiten=False, whiten_dim=None, whiten_shrinkage=None)
+            changes.update(whiten=False, whiten_dim=None, whiten_shrinkage=None, whiten_views=0)
         if refine.dba and post.dba:
             if (refine.dba, refine.alpha) != (post.dba, post.alpha):
                 raise InputError(
@@ -651,6 +675,7 @@ class GallerySide:
     def embed(self, opts: ExtractOptions) -> None:
         """The gallery's index: the saved one, or a folder's vectors, extracted (or read from the
         cache) and held as an in-memory exact index, so both are searched the same way."""
+        self.options = opts
         if self.index is not None:
             self.n_cached = len(self.index)
             return
@@ -678,7 +703,8 @@ class GallerySide:
             gallery = np.asarray(index.search_vectors)
             if self.regions > 1:
                 gallery = gallery.reshape(-1, index.dim // self.regions)
-            steps, self.vectors, changed = refine.fit_gallery(gallery)
+            views = view_source(self.extractor, self.readable, self.options) if refine.whiten_views else None
+            steps, self.vectors, changed = refine.fit_gallery(gallery, views)
             searched: GalleryIndex | RegionIndex = index
             if self.regions > 1:
                 names = [name for name in index.names for _ in range(self.regions)]
@@ -689,7 +715,9 @@ class GallerySide:
                 if refine.gallery_norm:  # the offsets ride in one more coordinate, searched exactly
                     rows = GalleryNorm.gallery_rows(rows, GalleryNorm(refine.gallery_norm).offsets(rows))
                 if changed or refine.gallery_norm:
-                    searched = GalleryIndex.from_embeddings(rows, index.names, index.labels, metric=self.metric)
+                    searched = GalleryIndex.from_embeddings(
+                        rows, index.names, index.labels, metric=self.metric
+                    )
                 if self.query_regions > 1:  # scale views: a gallery image scores its best view's match
                     searched = RegionIndex(searched, 1, self.query_regions, index.names, index.labels)
             self._searchable = (searched, steps)
@@ -735,7 +763,9 @@ class GallerySide:
         if refine.gallery_norm:  # compared with the queries' rows, without the gallery's offsets
             background = GalleryNorm.query_rows(background, gallery_side=False)
         return ScoreNormalisation(
-            refine.score_norm, background=np.ascontiguousarray(background, np.float32), views=self.query_regions
+            refine.score_norm,
+            background=np.ascontiguousarray(background, np.float32),
+            views=self.query_regions,
         )
 
     def reranker(
@@ -776,7 +806,7 @@ class LocalSide:
     def describe_model(self) -> dict[str, Any]:
         return self.index.describe()
 
-    def reconcile(self, refine: Refinement) -> Refinement:
+    def reconcile(self, refine: Refinement, preset_whitening: bool = False) -> Refinement:
         return refine  # vector steps were refused when the side was made
 
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics
 from .pipeline import SearchRun
-from .steps import DEFAULT_SHRINKAGE
+from .steps import DEFAULT_SHRINKAGE, LEARNED_SHRINKAGE
 
 DEFAULT_THUMB_SIZE = 96
 DEFAULT_PAGE_SIZE = 25
@@ -384,14 +384,24 @@ def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None
     steps = {f"index {k}": v for k, v in (refinement.get("index") or {}).items()}  # applied first
     steps.update({k: v for k, v in refinement.items() if k != "index"})
     for key, value in steps.items():
+        label = key.replace("_", " ")
         if key.endswith("whiten"):
             dim, shrinkage = (value or {}).get("dim"), (value or {}).get("shrinkage")
-            text = f"{key} {dim}-d" if dim else key
-            parts.append(text if shrinkage in (None, DEFAULT_SHRINKAGE) else f"{text} shrinkage {shrinkage:g}")
+            views = (value or {}).get("views")
+            text = f"{label} {dim}-d" if dim else label
+            text += f" learned from {views} views" if views else ""
+            default = LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE
+            parts.append(text if shrinkage in (None, default) else f"{text} shrinkage {shrinkage:g}")
         elif key.endswith("rerank"):
             parts.append(f"rerank {value.get('method')} top {value.get('top')}")
-        else:
-            parts.append(f"{key} {value.get('k')}")
+        elif key.endswith("regions") and isinstance(value, dict):
+            parts.append(f"regions {value.get('levels')}" + (" and query regions" if value.get("query") else ""))
+        elif isinstance(value, dict):
+            parts.append(f"{label} {value.get('k')}")
+        elif value is True:  # query scales
+            parts.append(label)
+        elif value:  # query resize
+            parts.append(f"{label} {value}")
     return f"{name} ({', '.join(parts)})" if parts else name
 
 

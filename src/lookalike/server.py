@@ -184,7 +184,7 @@ class Searcher:
             self.options,
         )
         assert isinstance(side, GallerySide)
-        self.refine = side.reconcile(config.refinement)
+        self.refine = side.reconcile(config.refinement, config.preset_whitening)
         if self.refine.whiten or self.refine.dba:
             raise InputError(
                 "serve: --whiten and --dba are fitted on the whole gallery; store them with the index "

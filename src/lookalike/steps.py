@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,9 @@ import numpy as np
 from .errors import InputError
 from .fileio import atomic_write
 from .knn import best_per_owner, topk
+
+ViewSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
+"""Given N, the vectors of N edited views of gallery images: (rows, (len(rows), N, d))."""
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -27,6 +31,8 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 log = logging.getLogger("lookalike")
 BLOCK = 65_536  # rows converted to float64 at a time
 DEFAULT_SHRINKAGE = 10.0  # --whiten without --whiten-shrinkage (BENCHMARKS.md has the measurements)
+LEARNED_SHRINKAGE = 1.0  # --whiten-views without --whiten-shrinkage (BENCHMARKS.md, "Whitening learned")
+MAX_VIEWS = 8  # edited views per gallery image for a learned whitening
 LARGE_DBA = 200_000  # above this many vectors, DBA's exact k-NN over the gallery gets a warning
 
 
@@ -126,20 +132,85 @@ class PCAWhitening:
         out_dim = None if self.projection is None else int(self.projection.shape[1])
         return {"kind": "pca-whitening", "dim": out_dim, "shrinkage": self.shrinkage}
 
+    def _arrays(self) -> dict[str, Any]:
+        return {"mean": self.mean, "projection": self.projection, "shrinkage": self.shrinkage}
+
     def save(self, path: str | Path) -> None:
         """Write the fitted parameters (npz) atomically."""
         if self.mean is None or self.projection is None:
             raise InputError("cannot save an unfitted whitening")
         buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, projection=self.projection, shrinkage=self.shrinkage)
+        np.savez(buffer, **self._arrays())
         atomic_write(Path(path), lambda h: h.write(buffer.getvalue()))
 
     @classmethod
     def load(cls, path: str | Path) -> PCAWhitening:
+        """A fitted whitening from :meth:`save`'s file: this class, or :class:`LearnedWhitening`
+        when the file records the views it was learned from."""
         with np.load(path, allow_pickle=False) as data:
-            out = cls(int(data["projection"].shape[1]), float(data["shrinkage"]))
+            dim, shrinkage = int(data["projection"].shape[1]), float(data["shrinkage"])
+            out = (
+                LearnedWhitening(dim, shrinkage, int(data["views"]))
+                if "views" in data
+                else PCAWhitening(dim, shrinkage)
+            )
             out.mean, out.projection = data["mean"], data["projection"]
         return out
+
+
+class LearnedWhitening(PCAWhitening):
+    """Whitening learned from matching pairs (Radenovic et al.'s Lw, TPAMI 2018): whiten by the
+    covariance of the pairs' differences (what copying changes), then keep the ``dim`` strongest
+    gallery directions in that space. The pairs are gallery images and ``views`` edited views of
+    each (``lookalike.pairs``), so nothing is labelled. ``shrinkage`` adds that many times the mean
+    variance of the differences to each axis (a few hundred pairs cannot fill a 1,280-d
+    covariance). ``transform`` is PCA whitening's: centre, project, L2-normalise."""
+
+    def __init__(self, dim: int | None = None, shrinkage: float = LEARNED_SHRINKAGE, views: int = 2) -> None:
+        super().__init__(dim, shrinkage)
+        if views < 1:
+            raise InputError(f"--whiten-views must be at least 1 to learn a whitening, got {views}")
+        self.views = int(views)
+
+    def fit(self, x: np.ndarray, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> LearnedWhitening:
+        """Learn from the gallery ``x`` (n, d) and ``pairs`` = (rows, views): ``views[i, j]`` is
+        the j-th edited view of ``x[rows[i]]``."""
+        x = np.asarray(x)
+        if pairs is None:
+            raise InputError("learned whitening needs edited views of the gallery to fit (--whiten-views)")
+        rows, views = pairs
+        views = np.asarray(views, dtype=np.float64)
+        if len(x) < 2 or not len(rows):
+            raise InputError(f"whitening needs at least 2 vectors to fit, got {len(x)}")
+        check_whiten_dim(self.dim, x.shape[1])
+        d = x.shape[1]
+        diffs = (np.asarray(x[rows], dtype=np.float64)[:, None] - views).reshape(-1, d)
+        within = diffs.T @ diffs / len(diffs)
+        scale = float(np.trace(within)) / d
+        if scale <= 1e-20:
+            raise InputError("learned whitening: the edited views equal their images; nothing to learn")
+        within += self.shrinkage * scale * np.eye(d)
+        values, vectors = np.linalg.eigh(within)
+        values = np.maximum(values, values.max() * 1e-10)  # shrinkage 0 with fewer pairs than dimensions
+        inv_sqrt = (vectors / np.sqrt(values)) @ vectors.T
+        self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
+        spread = np.zeros((d, d))
+        for block in _blocks(x):
+            centred = (block - self.mean) @ inv_sqrt
+            spread += centred.T @ centred
+        spread_values, axes = np.linalg.eigh(spread / len(x))
+        if float(spread_values.max()) <= 1e-12:
+            raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
+        rank = int(np.sum(spread_values > spread_values.max() * 1e-10))
+        keep = min(self.dim or rank, rank)
+        self.projection = inv_sqrt @ axes[:, ::-1][:, :keep]
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "kind": "learned-whitening", "views": self.views}
+
+    def _arrays(self) -> dict[str, Any]:
+        return {**super()._arrays(), "views": self.views}
 
 
 CHUNK = 4096  # rows per step when gathering (rows, k, d) neighbour blocks
@@ -195,7 +266,9 @@ class Postprocess:
     then each vector augmented by its ``dba`` neighbours); ``queries`` gives queries in that space
     (whitened, then expanded by their ``qe`` nearest processed gallery vectors). Neighbours are
     weighted by similarity^``alpha``; ``whiten_shrinkage`` is :class:`PCAWhitening`'s (None: the
-    default, :data:`DEFAULT_SHRINKAGE`; a value given only with ``whiten``). The
+    default, :data:`DEFAULT_SHRINKAGE`; a value given only with ``whiten``). ``whiten_views`` = N
+    learns the whitening from N edited views of each gallery image instead
+    (:class:`LearnedWhitening`; its default shrinkage is :data:`LEARNED_SHRINKAGE`). The
     search-time steps (``Refinement``) and those stored with an index (``IndexPostprocess``) are
     both this class."""
 
@@ -205,6 +278,7 @@ class Postprocess:
     qe: int = 0
     alpha: float = 3.0
     whiten_shrinkage: float | None = None
+    whiten_views: int = 0
     whitening: PCAWhitening | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -221,6 +295,14 @@ class Postprocess:
             self.whiten_shrinkage = float(self.whiten_shrinkage)
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise InputError(f"--alpha must be a finite number of at least 0, got {self.alpha}")
+        if isinstance(self.whiten_views, bool) or not isinstance(self.whiten_views, int):
+            raise InputError(f"--whiten-views must be a whole number, got {self.whiten_views!r}")
+        if not 0 <= self.whiten_views <= MAX_VIEWS:
+            raise InputError(
+                f"--whiten-views must be between 0 (PCA on the gallery) and {MAX_VIEWS}, got {self.whiten_views}"
+            )
+        if self.whiten_views and not self.whiten:
+            raise InputError("--whiten-views needs --whiten")
 
     def settings_as(self, cls: type[P]) -> P:
         """A fresh, unfitted ``cls`` (this class or a subclass: the search-time steps, the steps an
@@ -231,8 +313,10 @@ class Postprocess:
 
     @property
     def shrinkage(self) -> float:
-        """The whitening's shrinkage: the one given, else the default."""
-        return DEFAULT_SHRINKAGE if self.whiten_shrinkage is None else self.whiten_shrinkage
+        """The whitening's shrinkage: the one given, else the default of its kind."""
+        if self.whiten_shrinkage is not None:
+            return self.whiten_shrinkage
+        return LEARNED_SHRINKAGE if self.whiten_views else DEFAULT_SHRINKAGE
 
     @property
     def active(self) -> bool:
@@ -244,9 +328,15 @@ class Postprocess:
         if self.whiten:
             check_whiten_dim(self.whiten_dim, feature_dim)
 
-    def fit(self, raw: np.ndarray) -> Postprocess:
-        """Fit the whitening on the gallery's raw vectors (DBA and QE have nothing to fit)."""
-        if self.whiten:
+    def fit(self, raw: np.ndarray, views: ViewSource | None = None) -> Postprocess:
+        """Fit the whitening on the gallery's raw vectors (DBA and QE have nothing to fit); a
+        learned whitening (``whiten_views``) also calls ``views`` for the edited views' vectors."""
+        if self.whiten and self.whiten_views:
+            if views is None:
+                raise InputError("--whiten-views needs the gallery's images, not only its vectors")
+            learned = LearnedWhitening(self.whiten_dim, self.shrinkage, self.whiten_views)
+            self.whitening = learned.fit(np.asarray(raw), views(self.whiten_views))
+        elif self.whiten:
             self.whitening = PCAWhitening(self.whiten_dim, self.shrinkage).fit(np.asarray(raw))
         return self
 
@@ -292,6 +382,8 @@ class Postprocess:
         out: dict[str, Any] = {}
         if self.whiten:
             out["whiten"] = {"dim": self.whiten_dim, "shrinkage": self.shrinkage}
+            if self.whiten_views:  # absent for PCA, so settings recorded before it still compare equal
+                out["whiten"]["views"] = self.whiten_views
         if self.dba:
             out["dba"] = {"k": self.dba, "alpha": self.alpha}
         if self.qe:
@@ -349,7 +441,9 @@ class ScoreNormalisation:
         top k, so those lists, each image at its best, hold it."""
         ids, sims = topk(queries, self.background, self.k)
         width = self.views * self.k
-        _, best = best_per_owner(ids.reshape(-1, width), np.asarray(sims, np.float32).reshape(-1, width), self.k)
+        _, best = best_per_owner(
+            ids.reshape(-1, width), np.asarray(sims, np.float32).reshape(-1, width), self.k
+        )
         return best[:, self.k - 1]
 
 
@@ -378,7 +472,9 @@ class GalleryNorm:
         n = len(gallery)
         self.check_size(n)
         if n > LARGE_DBA:
-            log.warning("--gallery-norm over %d vectors: an exact k-NN of every gallery vector, this takes a while", n)
+            log.warning(
+                "--gallery-norm over %d vectors: an exact k-NN of every gallery vector, this takes a while", n
+            )
         idx, sims = topk(gallery, gallery, self.k + 1)
         own = idx == np.arange(n)[:, None]
         # drop each row's own entry; a row whose own entry lost a tie to duplicates drops its last

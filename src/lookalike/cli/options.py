@@ -89,7 +89,17 @@ STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
             float | None,
             "--whiten-shrinkage",
             min=0.0,
-            help="Whitening: add this many times the mean variance to each axis's variance (default 10).",
+            help="Whitening: add this many times the mean variance to each axis's variance (default 10; learned: 1).",
+        ),
+        None,
+    ),
+    "whiten_views": (
+        _opt(
+            int | None,
+            "--whiten-views",
+            min=0,
+            max=8,
+            help="Learn the whitening from N edited views of each gallery image (up to 1,000 images); 0 = PCA.",
         ),
         None,
     ),

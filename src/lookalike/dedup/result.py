@@ -32,6 +32,7 @@ from ..images import ImageSet
 from ..index import GalleryIndex, is_index
 from ..index.store import MANIFEST
 from ..methods import is_local_method, resolve_method
+from ..pairs import view_source
 from ..pipeline import DEFAULT_MODEL, GallerySide, Refinement
 from .actions import is_inside
 from .decisions import read_not_duplicates
@@ -287,11 +288,14 @@ def find_duplicates(
     )
     changed = _changed_settings(config, model_name, cut, manifest)
     if cut.source.startswith("default") and changed and not local:
+        preset_row = config.preset and cut.source.startswith(f"default for {default_key(model_name, config.preset)}")
         log.warning(
-            "the default threshold %g was measured with %s's default settings, not with %s; "
+            "the default threshold %g was measured with %s, not with %s; "
             "check the groups, or measure one (lookalike calibrate, --threshold-file)",
             cut.value,
-            model_name,
+            f"{model_name} under --preset {config.preset} (as dedup runs it)"
+            if preset_row
+            else f"{model_name}'s default settings",
             ", ".join(changed),
         )
     if local:
@@ -398,7 +402,15 @@ def _changed_settings(
         changed += [k for k in defaults if k in built and built[k] != base.model_options.get(k, defaults[k])]
     steps = (manifest or {}).get("postprocess") or {}
     changed += [k for k in steps if k not in theirs]  # whitening or DBA stored with the index
+    stored_white, their_white = steps.get("whiten"), theirs.get("whiten")
+    if isinstance(stored_white, dict) and their_white and _whitening(stored_white) != _whitening(their_white):
+        changed.append("whiten")  # the index's own whitening (a preset's yields to it), not the cut's
     return list(dict.fromkeys(changed))
+
+
+def _whitening(settings: dict[str, Any]) -> tuple[Any, Any, int]:
+    """(dimension asked for, shrinkage, views) of a whitening as a manifest or a run records it."""
+    return settings.get("requested_dim", settings.get("dim")), settings.get("shrinkage"), settings.get("views", 0)
 
 
 def _dedup_steps(config: SearchConfig, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -522,8 +534,10 @@ def refuse_search_only(flags: list[str]) -> None:
 
 
 def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
-    """``config`` without the search-only steps its preset holds; a one-line error for those the
-    user gave (dedup would otherwise ignore them silently)."""
+    """``config`` as dedup runs it: without the search-only steps its preset holds (a one-line
+    error for those the user gave: dedup would otherwise ignore them silently), and with PCA
+    whitening for the preset's learned one unless ``--whiten-views`` was given: at pair precision
+    0.99 PCA finds more duplicates (BENCHMARKS.md, "Whitening learned from pairs")."""
     preset = PRESETS[config.preset or "default"].get("refinement", {})
     refine = config.refinement
     on = [name for name in SEARCH_ONLY_STEPS if getattr(refine, name)]
@@ -533,20 +547,24 @@ def _without_search_only_steps(config: SearchConfig) -> SearchConfig:
         if name in config.given_steps or getattr(refine, name) != preset.get(name)
     ]
     refuse_search_only(given)
-    if not on:
-        return config
     defaults = Refinement()
-    return replace(config, refinement=replace(refine, **{name: getattr(defaults, name) for name in on}))
+    changes = {name: getattr(defaults, name) for name in on}
+    if refine.whiten_views and preset.get("whiten_views") and "whiten_views" not in config.given_steps:
+        changes["whiten_views"] = 0
+    return replace(config, refinement=replace(refine, **changes)) if changes else config
 
 
-def _search_time_steps(refine: Refinement, index: GalleryIndex) -> Refinement:
+def _search_time_steps(config: SearchConfig, index: GalleryIndex) -> Refinement:
     """The steps left to run at search time, as a search reconciles them
     (:meth:`lookalike.pipeline.GallerySide.reconcile`): a step an index stores with the same
-    settings is not run twice, one with other settings is refused."""
+    settings is not run twice, one with other settings is refused (a preset's own whitening
+    yields to the stored one)."""
+    refine = config.refinement
     if not index.post.active:
         refine.check(index.dim)
         return refine
-    return GallerySide(extractor=index.extractor(), metric=index.metric, index=index).reconcile(refine)
+    side = GallerySide(extractor=index.extractor(), metric=index.metric, index=index)
+    return side.reconcile(refine, config.preset_whitening)
 
 
 _OVERLAP = (
@@ -598,7 +616,7 @@ def _vector_pairs(
     library, lib_items, skipped, lib_root = _load(
         reference or collection, library_side, config, opts, backend
     )
-    refine = _search_time_steps(config.refinement, library)
+    refine = _search_time_steps(config, library)
     if reference is None:
         items, raw, roots = lib_items, np.asarray(library.vectors), {COLLECTION: Path(lib_root).absolute()}
     else:
@@ -609,7 +627,11 @@ def _vector_pairs(
         skipped = new_skipped + skipped
         roots = {COLLECTION: Path(new_root).absolute(), REFERENCE: Path(lib_root).absolute()}
     queries = library.post.queries(raw) if library.post.active else raw
-    queries, gallery, changed = refine.apply(queries, library.search_vectors)
+    views = None
+    if refine.whiten_views:  # a learned whitening is fitted on edited views of the library's images
+        images = ImageSet([library.root / n for n in library.names], library.root)
+        views = view_source(library.extractor(), images, opts)
+    queries, gallery, changed = refine.apply(queries, library.search_vectors, views)
     searched = library
     if changed:
         searched = in_memory_index(gallery, library.names, backend, metric=library.metric)

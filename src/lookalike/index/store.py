@@ -43,6 +43,7 @@ from ..fileio import TMP_SUFFIX, atomic_write, crashpoint, is_temporary_of, json
 from ..images import ImageSet
 from ..knn import full_rankings, rankings_with_head, topk
 from ..methods import resolve_method
+from ..pairs import view_source
 from .backends import BACKENDS, VectorIndex, create_backend, load_backend
 from .stored_steps import IndexPostprocess
 
@@ -830,7 +831,8 @@ def _build(
     if len(emb.indices) == 0:
         raise _nothing_read(images, replaces)
     vectors = emb.features
-    searchable = post.fit(vectors).gallery(vectors) if post.active else None
+    views = view_source(extractor, images.subset(emb.indices.tolist()), opts) if post.whiten_views else None
+    searchable = post.fit(vectors, views).gallery(vectors) if post.active else None
     search_vectors = vectors if searchable is None else searchable
     ids = np.arange(len(vectors), dtype=np.int64)
     index_backend = create_backend(backend, search_vectors.shape[1], metric, len(vectors))

@@ -1,4 +1,5 @@
-"""Post-processing fitted on an index's gallery and stored with it: PCA whitening and DBA.
+"""Post-processing fitted on an index's gallery and stored with it: whitening (PCA, or learned from
+edited views of the gallery's images) and DBA.
 
 An index keeps the model's raw vectors (so it can be refitted) and searches the processed ones.
 The whitening is fitted once, when the index is built, and applied unchanged to images added
@@ -19,7 +20,7 @@ from ..steps import PCAWhitening, Postprocess
 @dataclass
 class IndexPostprocess(Postprocess):
     """The gallery-side steps stored with an index: whitening (``whiten``, ``whiten_dim``,
-    ``whiten_shrinkage``), then DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 =
+    ``whiten_shrinkage``, ``whiten_views``), then DBA with ``dba`` neighbours weighted by similarity^``alpha`` (0 =
     off). Query expansion needs the query, so it stays a search-time step."""
 
     def __post_init__(self) -> None:
@@ -51,6 +52,7 @@ class IndexPostprocess(Postprocess):
         post = cls(
             whiten=whiten is not None,
             whiten_dim=(whiten or {}).get("requested_dim", (whiten or {}).get("dim")),
+            whiten_views=int((whiten or {}).get("views", 0)),
             dba=int(dba.get("k", 0)),
             alpha=float(dba.get("alpha", 3.0)),
         )
