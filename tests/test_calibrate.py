@@ -214,7 +214,7 @@ def test_a_threshold_is_for_the_steps_it_was_measured_with(photo_set: tuple[Path
     with pytest.raises(InputError, match="other steps"):
         find_duplicates(gallery, config=PIXELS, threshold_file=out)
     (tmp_path / "scaled.json").write_text(json.dumps({**doc, "refinement": {**doc["refinement"], "query_scales": True}}))
-    with pytest.raises(InputError, match=r"query_scales: on there, off here\).*\(with --no-query-scales for a search without them"):
+    with pytest.raises(InputError, match=r"query_scales: on there, off here\).*\(--no-query-scales, as this run has them\)"):
         load_threshold(tmp_path / "scaled.json", refinement={"index": {"whiten": {"dim": 8, "requested_dim": 8, "shrinkage": 10.0}}})
     normed = {**doc, "refinement": {"score_norm": {"k": 2, "background": "elsewhere/"}}}
     (tmp_path / "normed.json").write_text(json.dumps(normed))

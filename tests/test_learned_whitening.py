@@ -4,7 +4,10 @@ views, and the option through search, index build and dedup."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 from lookalike import ExtractOptions, ImageSet, InputError, pairs, search
 from lookalike.config import SearchConfig
 from lookalike.dedup import find_duplicates
-from lookalike.features import create_extractor
+from lookalike.features import Extractor, create_extractor
 from lookalike.index import GalleryIndex, build_index
 from lookalike.index.store import MANIFEST
 from lookalike.index.stored_steps import IndexPostprocess
@@ -87,7 +90,7 @@ def test_learned_whitening_refuses_what_it_cannot_fit() -> None:
 
 
 def test_edited_views_are_seeded_sampled_and_written_nowhere_of_the_users(
-    photo_set: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    photo_set: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     gallery = ImageSet.from_path(photo_set[1])
     before = sorted(p.relative_to(photo_set[1]) for p in photo_set[1].rglob("*"))
@@ -112,11 +115,42 @@ def test_edited_views_are_seeded_sampled_and_written_nowhere_of_the_users(
         (broken / f"{i}.jpg").write_bytes(path.read_bytes())
     images = ImageSet.from_path(broken)
     (broken / "1.jpg").write_bytes(b"not an image")
-    rows, vectors = edited_views(extractor, images, 1, OPTS)
+    monkeypatch.setattr(logging.getLogger("lookalike"), "propagate", True)  # (a CLI test may have cut it)
+    with caplog.at_level("WARNING", logger="lookalike"):
+        rows, vectors = edited_views(extractor, images, 1, OPTS)
     assert rows.tolist() == [0, 2, 3] and vectors.shape == (3, 1, extractor.dim)
+    assert "1 of 4 gallery images could not be read again" in caplog.text
 
 
-def extractor_vector(extractor, path: Path) -> np.ndarray:
+def test_views_are_cached_with_the_gallery_files_as_they_are(
+    photo_set: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    for i, path in enumerate(ImageSet.from_path(photo_set[1]).paths[:5]):
+        (gallery / f"{i}.jpg").write_bytes(path.read_bytes())
+    images = ImageSet.from_path(gallery)
+    extractor = create_extractor("pixels", size=8)
+    cached = ExtractOptions(progress=False, num_workers=0, device="cpu", cache_dir=tmp_path / "cache")
+    drawn: list[int] = []
+    real = pairs.edited_views
+
+    def counting(*args, **kwargs):
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "edited_views", counting)
+    first = pairs.view_source(extractor, images, cached)(2)
+    again = pairs.view_source(extractor, images, cached)(2)
+    assert len(drawn) == 1  # the second search of the unchanged folder draws nothing
+    np.testing.assert_array_equal(first[1], again[1])
+    os.utime(gallery / "3.jpg", ns=(1, 1))  # a changed file: drawn again
+    pairs.view_source(extractor, images, cached)(2)
+    pairs.view_source(extractor, images, replace(cached, use_cache=False))(2)  # --no-cache: drawn
+    assert len(drawn) == 3
+
+
+def extractor_vector(extractor: Extractor, path: Path) -> np.ndarray:
     from lookalike.extract import embed
 
     return embed(extractor, ImageSet([path], path.parent), OPTS).features[0]
@@ -224,6 +258,25 @@ def test_an_index_whitened_by_an_older_preset_keeps_its_whitening(
     assert not given.preset_whitening  # a setting given by hand is meant: refused, not replaced
     with pytest.raises(InputError, match="already stores whiten"):
         search(photo_set[0], target, k=5, config=given)
+    # a whitening no version of the preset stored (another shrinkage) is refused as before
+    other = tmp_path / "other.index"
+    build_index(
+        gallery, other, model="pixels", model_options=SMALL, options=OPTS, backend="flat",
+        postprocess=IndexPostprocess(whiten=True, whiten_dim=8, whiten_shrinkage=0.5),
+    )
+    with pytest.raises(InputError, match="already stores whiten"):
+        search(photo_set[0], other, k=5, config=preset)
+    # over an index of regions the preset's whitening is PCA (the views are whole images)
+    regional = tmp_path / "regions.index"
+    build_index(gallery, regional, model="pixels", model_options=SMALL, options=OPTS, regions=2)
+    run = search(photo_set[0], regional, k=5, config=preset)
+    assert run.refinement["whiten"] == {"dim": 8, "shrinkage": 10.0}
+    with pytest.raises(InputError, match="--whiten-views with an index of regions.*--whiten-views 0"):
+        search(photo_set[0], regional, k=5, config=given)
+    augmented = tmp_path / "dba.index"  # stored DBA rows are no place to fit views of raw images on
+    build_index(gallery, augmented, model="pixels", model_options=SMALL, options=OPTS, postprocess=IndexPostprocess(dba=2))
+    with pytest.raises(InputError, match="which stores DBA: build the index with the whitening"):
+        search(photo_set[0], augmented, k=5, config=preset)
     # dedup (whose preset whitens by PCA) says its default cut was measured with another whitening
     # than an index built by the search preset stores
     copies = _without_search_only_steps(SearchConfig.from_preset("copies"))  # as dedup runs it
@@ -235,14 +288,16 @@ def test_an_index_whitened_by_an_older_preset_keeps_its_whitening(
     assert _changed_settings(copies, "efficientnet-lite0", cut, pca) == []
 
 
-def test_a_threshold_measured_with_the_other_whitening_is_refused_with_the_flag_to_match() -> None:
+def test_a_threshold_measured_with_the_other_whitening_is_refused_with_the_flags_to_match() -> None:
     from lookalike.calibrate import _check_steps
 
     pca, learned = {"whiten": {"dim": 128, "shrinkage": 10.0}}, {"whiten": {"dim": 128, "shrinkage": 1.0, "views": 2}}
     _check_steps("t.json", learned, learned)
-    with pytest.raises(InputError, match=r"with --whiten-views 0 for the whitening it was measured with"):
+    with pytest.raises(InputError, match=r"calibrate again with the same refinement \(--whiten-views 2, as this run"):
         _check_steps("t.json", pca, learned)
-    with pytest.raises(InputError, match=r"with --whiten-views 2 for the whitening"):
-        _check_steps("t.json", learned, {"whiten": {"dim": 128, "shrinkage": 10.0}})
-    with pytest.raises(InputError, match=r"--whiten-views 0 --whiten-shrinkage 3 for"):
-        _check_steps("t.json", {"whiten": {"dim": 128, "shrinkage": 3.0}}, learned)
+    # the copies preset calibrated by `calibrate`, used by dedup: both flags dedup's run needs
+    searched = {**learned, "query_scales": True}
+    with pytest.raises(InputError, match=r"\(--no-query-scales --whiten-views 0, as this run has them\)"):
+        _check_steps("t.json", searched, pca)
+    with pytest.raises(InputError, match=r"\(--whiten-views 0 --whiten-shrinkage 3, as"):
+        _check_steps("t.json", learned, {"whiten": {"dim": 128, "shrinkage": 3.0}})

@@ -421,3 +421,30 @@ def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path: Path) -> None
     code, output = cli("demo", "--out", str(mine), "-q")
     assert code == 2 and "not a lookalike demo folder" in output
     assert snapshot(mine) == before
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    import signal
+    import tempfile
+    import time
+
+    import typer
+
+    from lookalike.cli._app import friendly
+    from lookalike.errors import EXIT_INTERRUPTED
+
+    @friendly
+    def work() -> None:
+        with tempfile.TemporaryDirectory(prefix="lookalike-views-", dir=tmp_path):
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill`, `timeout`, a stopped container
+            time.sleep(10)
+
+    earlier = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh `lookalike` process
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            work()
+        assert stopped.value.exit_code == EXIT_INTERRUPTED
+        assert list(tmp_path.iterdir()) == []  # the views' folder went on the way out
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+    finally:
+        signal.signal(signal.SIGTERM, earlier)

@@ -389,18 +389,16 @@ def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) ->
         return
     differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
     shown = "; ".join(f"{k}: {_shown(theirs.get(k))} there, {_shown(ours.get(k))} here" for k in differ)
-    hint = ""
-    search_only = [flag for step, flag in (("query_scales", "--no-query-scales"), ("gallery_norm", "--gallery-norm 0"))
-                   if step in theirs and step not in ours]
-    if search_only:
-        hint = f" (with {' '.join(search_only)} for a search without them, as dedup's)"
+    # the flags that make a new calibration match this run's steps (dedup's: no query scales, PCA)
+    flags = [flag for step, flag in (("query_scales", "--no-query-scales"), ("gallery_norm", "--gallery-norm 0"))
+             if step in theirs and step not in ours]
     mine, measured = ours.get("whiten") or {}, theirs.get("whiten") or {}
-    views = measured.get("views", 0)
-    if mine and measured and mine.get("dim") == measured.get("dim") and mine.get("views", 0) != views:
-        flags = f"--whiten-views {views}"  # (a file from before --whiten-views records none: PCA)
-        if measured.get("shrinkage") not in (None, LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE):
-            flags += f" --whiten-shrinkage {measured['shrinkage']:g}"
-        hint = f" (with {flags} for the whitening it was measured with)"
+    views = mine.get("views", 0)  # (a file from before --whiten-views records none: PCA)
+    if mine and measured and mine.get("dim") == measured.get("dim") and measured.get("views", 0) != views:
+        flags.append(f"--whiten-views {views}")
+        if mine.get("shrinkage") not in (None, LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE):
+            flags.append(f"--whiten-shrinkage {mine['shrinkage']:g}")
+    hint = f" ({' '.join(flags)}, as this run has them)" if flags else ""
     raise InputError(
         f"{where}: a threshold measured with other steps ({shown}); scores change with them: "
         f"calibrate again with the same refinement{hint}"

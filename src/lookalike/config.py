@@ -30,10 +30,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "disc-copies mAP 0.727 vs 0.340 (µAP 0.650 vs 0.098); picked on validation sets (mean mAP "
         "0.876 vs 0.793 with PCA whitening on the gallery, the preset before 2026-12-07), where small "
         "crops gain nothing at rank 1 (0.923 vs 0.929) and composites and galleries holding several "
-        "copies of a photo gain most (mAP +0.16 to +0.23). Class retrieval loses (orl mAP 0.863, "
-        "fmnist 0.466; the default: 0.897, 0.562), and so does dedup recall at precision 0.99 on "
-        "near-duplicate frames. Costs three forward passes per image, two edited views per "
-        "gallery image (at most 2,000 more images described, once per index), the whitening fit "
+        "copies of a photo gain most (mAP +0.16 to +0.24). Class retrieval loses (orl mAP 0.863, "
+        "fmnist 0.450; the default: 0.897, 0.562), and so does dedup recall at precision 0.99 on "
+        "near-duplicate frames, so dedup whitens by PCA. Costs three forward passes per image, two "
+        "edited views per gallery image (at most 2,000 more images described: once per index "
+        "build, once per folder while its files and the feature cache stay), the whitening fit "
         "and four query vectors searched instead of one",
         "model_options": {"pool": "gem", "multiscale": True},
         "refinement": {"whiten": True, "whiten_dim": 128, "whiten_views": 2, "query_scales": True},

@@ -12,6 +12,9 @@ Views are made and described :data:`CHUNK` images at a time, so disk use stays b
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import tempfile
 from dataclasses import replace
@@ -20,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .cache import file_key
 from .errors import ImageError, InputError
 from .extract import ExtractOptions, embed
 from .features.base import Extractor
+from .fileio import atomic_write
 from .images import ImageSet, load_image
 from .steps import ViewSource
 
@@ -58,8 +63,7 @@ def edited_views(
     from .training.copyaug import CopyAugment  # here: the training package imports the pipeline's
 
     augment = CopyAugment()
-    opts = replace(options or ExtractOptions(), use_cache=False, strict=False, progress=False)
-    log.info("learned whitening: %d edited views of %d gallery images", views * len(rows), len(rows))
+    opts = replace(options or ExtractOptions(), use_cache=False, strict=False)  # (the bar as asked)
 
     def read(i: int) -> Image.Image:  # big photos decode at a reduced scale (JPEG draft), then shrink
         image = load_image(images.paths[i], max_pixels=opts.max_pixels, draft_size=MAX_SIDE // 2)
@@ -95,7 +99,9 @@ def edited_views(
                     owners.append(i)
             if not files:
                 continue
-            found = embed(extractor, ImageSet(files, Path(scratch)), opts, label="whitening views")
+            last = min(start + CHUNK, len(rows))
+            label = f"whitening views of images {start + 1}-{last} of {len(rows)}"
+            found = embed(extractor, ImageSet(files, Path(scratch)), opts, label=label)
         rows_of = np.full((len(files), found.features.shape[1]), np.nan, dtype=np.float32)
         rows_of[found.indices] = found.features
         grouped = rows_of.reshape(-1, views, rows_of.shape[1])
@@ -107,6 +113,14 @@ def edited_views(
             f"--whiten-views: {len(kept)} of {len(rows)} gallery images could be read again to draw edited "
             f"views (moved or deleted since?), 2 are needed; give --whiten-views 0 for PCA whitening"
         )
+    if len(kept) < len(rows):  # skipped, never silently: a batch run reports what it left out
+        log.warning(
+            "learned whitening: %d of %d gallery images could not be read again to draw edited views; "
+            "learned from the other %d",
+            len(rows) - len(kept),
+            len(rows),
+            len(kept),
+        )
     return np.asarray(kept), np.concatenate(vectors)
 
 
@@ -114,9 +128,45 @@ def view_source(
     extractor: Extractor, images: ImageSet, options: ExtractOptions | None = None, **kwargs: int
 ) -> ViewSource:
     """The :data:`~lookalike.steps.ViewSource` of a gallery whose ``images`` are in vector order:
-    views are only drawn when a learned whitening is fitted."""
+    views are only drawn when a learned whitening is fitted, and their vectors are kept in the
+    feature cache (``options.cache_dir``) under the model, the settings and every gallery file's
+    identity (path, size, mtime), so searching an unchanged folder again draws none."""
+    opts = options or ExtractOptions()
 
     def source(views: int) -> tuple[np.ndarray, np.ndarray]:
-        return edited_views(extractor, images, views, options, **kwargs)
+        path = None
+        if opts.use_cache and opts.cache_dir is not None:
+            path = Path(opts.cache_dir) / "views" / f"{_views_key(extractor, images, views, kwargs)}.npz"
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    return saved["rows"], saved["vectors"]
+            except (OSError, ValueError, KeyError):  # not there yet (or unreadable): draw them
+                pass
+        rows, vectors = edited_views(extractor, images, views, opts, **kwargs)
+        if path is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, rows=rows, vectors=vectors)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda h: h.write(buffer.getvalue()))
+            except OSError as exc:  # a read-only cache costs the next search time, not this result
+                log.warning("learned whitening: could not cache the views in %s (%s)", path.parent, exc)
+        return rows, vectors
 
     return source
+
+
+def _views_key(extractor: Extractor, images: ImageSet, views: int, kwargs: dict[str, int]) -> str:
+    """What the views depend on: the model, how they are drawn, and each gallery file as it is now."""
+    from .training.copyaug import CopyAugment
+
+    settings = {
+        "model": extractor.key,
+        "views": views,
+        "max_images": kwargs.get("max_images", MAX_IMAGES),
+        "seed": kwargs.get("seed", 0),
+        "max_side": MAX_SIDE,
+        "edits": repr(CopyAugment()),
+        "files": [file_key(p) for p in images.paths],
+    }
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]

@@ -619,10 +619,15 @@ class GallerySide:
         index a step it already stores with the same settings (a preset used for both build and
         search) is not run twice; one with other settings is refused, since it would be applied on
         top of the stored one, unless it is a preset's own whitening (``preset_whitening``, see
-        :attr:`SearchConfig.preset_whitening`): the stored one is used then."""
+        :attr:`SearchConfig.preset_whitening`) and the stored one is what that preset stored, PCA or
+        learned: it is used then. A preset's learned whitening over an index of regions is PCA."""
         refine.check(self.extractor.dim // self.regions)  # one region's dimension
         if refine.whiten_views and self.regions > 1:
-            raise InputError(f"--whiten-views with an index of regions {_NO_REGION_VIEWS}")
+            if not preset_whitening:
+                raise InputError(
+                    f"--whiten-views with an index of regions {_NO_REGION_VIEWS}: give --whiten-views 0 (PCA)"
+                )
+            refine = replace(refine, whiten_views=0)  # the preset's whitening over regions: PCA, as --regions
         if refine.gallery_norm:  # before anything is extracted (a folder's unreadable images count later)
             if self.metric != "cosine":
                 raise InputError(f"--gallery-norm normalises cosine similarities, not {self.metric} scores")
@@ -636,11 +641,11 @@ class GallerySide:
         post = self.index.post
         changes: dict[str, Any] = {}
         if refine.whiten and post.whiten:
-            if not preset_whitening and (refine.whiten_dim, refine.shrinkage, refine.whiten_views) != (
-                post.whiten_dim,
-                post.shrinkage,
-                post.whiten_views,
-            ):
+            stored = (post.whiten_dim, post.shrinkage, post.whiten_views)
+            # a preset's own whitening gives way to the one an older version of it stored (PCA or
+            # learned, at the preset's dimension and that kind's default shrinkage), nothing else
+            older = preset_whitening and stored[:2] == (refine.whiten_dim, post.default_shrinkage)
+            if not older and (refine.whiten_dim, refine.shrinkage, refine.whiten_views) != stored:
                 learned = f", learned from {post.whiten_views} views per image" if post.whiten_views else ""
                 raise InputError(
                     f"{self.index.folder} already stores whiten (to {post.whiten_dim or 'all'} dimensions, "
@@ -655,7 +660,13 @@ class GallerySide:
                     "drop --dba from the search or rebuild the index with the new settings"
                 )
             changes["dba"] = 0
-        return replace(refine, **changes) if changes else refine
+        left = replace(refine, **changes) if changes else refine
+        if left.whiten_views and post.dba:  # the views are raw vectors; the stored rows are augmented
+            raise InputError(
+                f"--whiten-views at search time over {self.index.folder}, which stores DBA: build the "
+                "index with the whitening (index build --whiten --whiten-views N --dba K) instead"
+            )
+        return left
 
     def describe_refinement(self, refine: Refinement) -> dict[str, Any]:
         """The search-time steps, plus those stored with the index (under ``index``); a

@@ -313,9 +313,12 @@ class Postprocess:
 
     @property
     def shrinkage(self) -> float:
-        """The whitening's shrinkage: the one given, else the default of its kind."""
-        if self.whiten_shrinkage is not None:
-            return self.whiten_shrinkage
+        """The whitening's shrinkage: the one given, else :attr:`default_shrinkage`."""
+        return self.default_shrinkage if self.whiten_shrinkage is None else self.whiten_shrinkage
+
+    @property
+    def default_shrinkage(self) -> float:
+        """The default shrinkage of this kind of whitening (learned from views, or PCA)."""
         return LEARNED_SHRINKAGE if self.whiten_views else DEFAULT_SHRINKAGE
 
     @property

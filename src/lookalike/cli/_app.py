@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from functools import wraps
 from typing import Any
 
@@ -107,6 +109,7 @@ def friendly(func: Any) -> Any:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
+        before = _stop_on_sigterm()
         try:
             return func(*args, **kwargs)
         except (NothingToProcessError, ImageError) as exc:
@@ -122,5 +125,23 @@ def friendly(func: Any) -> Any:
             where = exc.filename if exc.filename is not None else "a file"
             err.print(f"[red]error:[/red] {shown(where)}: cannot write or read it ({shown(exc.strerror or exc)})")
             raise typer.Exit(EXIT_USAGE) from None
+        finally:
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
     return wrapper
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, ``timeout``, a stopped container) unwind like Ctrl-C, so temporary
+    folders and partial writes are cleaned up on the way out; returns the handler it replaced (None
+    when it left things alone: not the main thread, or a handler of someone else's is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)

@@ -80,7 +80,7 @@ CACHE = {
 }
 STORED_STEPS = {  # fitted on the gallery; with an index, stored in it
     "whiten": (
-        _opt(bool | None, "--whiten/--no-whiten", help="PCA-whiten features (fitted on the gallery)."),
+        _opt(bool | None, "--whiten/--no-whiten", help="Whiten features, fitted on the gallery (PCA; learned from edited views with --whiten-views)."),
         None,
     ),
     "whiten_dim": (_opt(int | None, "--whiten-dim", min=1, help="Keep this many whitened dimensions."), None),

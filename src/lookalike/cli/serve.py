@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -78,4 +79,7 @@ def serve_command(
         min_score=min_score,
     )
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
+    # uvicorn stops on SIGTERM itself and raises it again after a graceful shutdown: let that end
+    # the process as it always did, not as lookalike's Ctrl-C path for batch commands
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     uvicorn.run(app_, host=host, port=port, log_level=log_level)
