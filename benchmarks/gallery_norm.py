@@ -46,6 +46,14 @@ from whitening import PRESET  # noqa: E402
 DENSE = (7, 8)
 
 
+def dense_set(tmp: Path, seed: int) -> tuple[Path, Path]:
+    """(query, gallery) of a disc-copies-like draw whose gallery holds 8 copies of each photo."""
+    return make_copy_detection_set(
+        tmp / f"dense-{seed}", gallery_copies=8, query_copies=4, seed=seed, strength=1.8, composite=0.7,
+        distractors=400,
+    )
+
+
 def with_wallpapers(query: Path, gallery: Path, out: Path, wallpapers: Path) -> tuple[Path, Path]:
     """A copy of a set whose gallery distractors are the wallpaper quarters."""
     if not wallpapers.is_dir():
@@ -72,11 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)
         draws = {f"{n}:{s}": build(n, tmp, s) for n, s in VAL + TEST}
-        for seed in DENSE:
-            draws[f"dense:{seed}"] = make_copy_detection_set(
-                tmp / f"dense-{seed}", gallery_copies=8, query_copies=4, seed=seed, strength=1.8,
-                composite=0.7, distractors=400,
-            )
+        draws.update({f"dense:{seed}": dense_set(tmp, seed) for seed in DENSE})
         for kind in ("sets", "wallpapers"):
             for key, (query, gallery) in draws.items():
                 if kind == "wallpapers":

@@ -19,8 +19,8 @@ Rule as `benchmarks/whitening.py`: the highest mean validation mAP (crop-copies 
 disc-copies 8, 9), then the test draws (crop-copies 0, disc-copies 7); ``--dense``: also the
 disc-copies-like draws with 8 copies of each photo in the gallery of `benchmarks/gallery_norm.py`
 (where gallery normalisation loses); ``--classes orl``: class retrieval too. Features are cached in DIR/lw-features/; `--score-only` scores
-what is cached. Prints Markdown; writes benchmarks/out/learned-whitening.json. This mode fits and
-applies the projection itself.
+what is cached. Prints Markdown; writes benchmarks/out/learned-whitening.json. This mode describes
+the images and draws the views itself, and fits :class:`lookalike.steps.LearnedWhitening` on them.
 
 ``--pipeline`` measures the lookalike option instead (``--preset copies --whiten-views 0``, PCA
 whitening on the gallery, against ``--preset copies --whiten-views 2``, the preset since
@@ -44,14 +44,13 @@ import torch
 
 from lookalike import ImageSet
 from lookalike.images import load_image
-from lookalike.samples import make_copy_detection_set
-from lookalike.steps import PCAWhitening
+from lookalike.steps import LearnedWhitening, PCAWhitening
 from lookalike.training.copyaug import CopyAugment
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from copies import build  # noqa: E402
-from gallery_norm import DENSE  # noqa: E402
+from gallery_norm import DENSE, dense_set  # noqa: E402
 from preprocess import (  # noqa: E402
     QUERY_VIEWS,
     TEST,
@@ -66,26 +65,6 @@ from whitening import PRESET, parse_set, ranked_metrics  # noqa: E402
 
 LAMS = (0.1, 1.0, 10.0)
 DIM = 128
-
-
-class LearnedWhitening:
-    """Lw: x -> normalise(P^T (x - mean)), P whitening the pair differences, then the gallery's PCA."""
-
-    def __init__(self, gallery: np.ndarray, views: np.ndarray, dim: int, lam: float) -> None:
-        """``gallery`` (n, d) raw vectors, ``views`` (n, m, d) of their edited views."""
-        self.mean = gallery.mean(axis=0)
-        diffs = (gallery[:, None] - views).reshape(-1, gallery.shape[1]).astype(np.float64)
-        within = diffs.T @ diffs / len(diffs)
-        within += lam * np.trace(within) / len(within) * np.eye(len(within))
-        values, vectors = np.linalg.eigh(within)
-        inv_sqrt = (vectors / np.sqrt(values)) @ vectors.T
-        spread = (gallery - self.mean) @ inv_sqrt
-        _, axes = np.linalg.eigh(spread.T @ spread / len(spread))
-        self.projection = (inv_sqrt @ axes[:, ::-1][:, :dim]).astype(np.float32)
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        y = (x - self.mean) @ self.projection
-        return y / np.linalg.norm(y, axis=1, keepdims=True)
 
 
 def edited_views(net: torch.nn.Module, G: ImageSet, views: int, folder: Path) -> np.ndarray:
@@ -114,6 +93,22 @@ def extract(net: torch.nn.Module, Q: ImageSet, G: ImageSet, views: int, folder: 
         "gw": features(net, G.paths, Variant()),
         "vw": edited_views(net, G, views, folder),
     }
+
+
+def draw_list(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(key, set name, seed) of every draw asked for: the copy sets, the dense draws, the class sets."""
+    draws = [(f"{n}:{s}", n, s) for n, s in args.sets]
+    draws += [(f"dense:{s}", "dense", s) for s in DENSE] if args.dense else []
+    return draws + [(name, name, 0) for name in args.classes]
+
+
+def folders(name: str, seed: int, tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    """(query, gallery) of one draw, built under ``tmp`` (class sets are read from ``--data``)."""
+    if name == "dense":
+        return dense_set(tmp, seed)
+    if name in args.classes:
+        return args.data / name / "query", args.data / name / "gallery"
+    return build(name, tmp, seed)
 
 
 def pipeline_rows(draws: list[tuple[str, Path, Path]], views: int, cache: Path) -> dict[str, dict[str, list]]:
@@ -165,26 +160,17 @@ def main() -> None:
         tmp = args.tmp or Path(scratch)
         cache = tmp / f"lw-features-{args.views}"
         cache.mkdir(parents=True, exist_ok=True)
-        draws = [(f"{n}:{s}", n, s) for n, s in args.sets]
-        draws += [(f"dense:{s}", "dense", s) for s in DENSE] if args.dense else []
-        draws += [(name, name, 0) for name in args.classes]
+        draws = draw_list(args)
         for key, name, seed in draws:
             path = cache / f"{name}-{seed}.npz"
             if args.score_only and not path.exists():
                 continue
-            if name == "dense":
-                query, gallery = make_copy_detection_set(
-                    tmp / f"dense-{seed}", gallery_copies=8, query_copies=4, seed=seed, strength=1.8,
-                    composite=0.7, distractors=400,
-                )
-            elif name in args.classes:
-                query, gallery = args.data / name / "query", args.data / name / "gallery"
-            else:
-                query, gallery = build(name, tmp, seed)
+            query, gallery = folders(name, seed, tmp, args)
             Q, G = ImageSet.from_path(query), ImageSet.from_path(gallery)
             f = cached_features(path, Q, G, partial(extract, net, Q, G, args.views, tmp / f"views-{name}-{seed}"))
             fitted = [PCAWhitening(*PRESET).fit(f["gw"])]
-            fitted += [LearnedWhitening(f["gw"], f["vw"], DIM, lam) for lam in LAMS]
+            pairs = (np.arange(len(f["gw"])), f["vw"])
+            fitted += [LearnedWhitening(DIM, lam, args.views).fit(f["gw"], pairs) for lam in LAMS]
             for label, white in zip(rows, fitted, strict=True):
                 sims = best_view_similarities(white, f["qv"], white.transform(f["gw"]))
                 results.setdefault(label, {})[key] = ranked_metrics(sims, Q, G)
@@ -207,14 +193,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     """``--pipeline``: the preset with and without the option, through lookalike's own search."""
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.tmp or Path(scratch)
-        draws = [(f"{n}:{s}", *build(n, tmp, s)) for n, s in args.sets]
-        if args.dense:
-            for s in DENSE:
-                folder = tmp / f"dense-{s}"
-                draws.append((f"dense:{s}", *make_copy_detection_set(
-                    folder, gallery_copies=8, query_copies=4, seed=s, strength=1.8, composite=0.7, distractors=400
-                )))
-        draws += [(name, args.data / name / "query", args.data / name / "gallery") for name in args.classes]
+        draws = [(key, *folders(name, seed, tmp, args)) for key, name, seed in draw_list(args)]
         rows = pipeline_rows(draws, args.views, tmp / "pipeline-cache")
     keys = [key for key, _, _ in draws]
     val = [k for k in keys if k in {f"{n}:{s}" for n, s in VAL}]

@@ -31,7 +31,7 @@ from .metrics import (
     scored_pairs,
 )
 from .pipeline import search
-from .steps import DEFAULT_SHRINKAGE, LEARNED_SHRINKAGE
+from .steps import default_shrinkage
 
 if TYPE_CHECKING:
     from .config import SearchConfig
@@ -396,7 +396,7 @@ def _check_steps(where: str, stored: dict[str, Any], current: dict[str, Any]) ->
     views = mine.get("views", 0)  # (a file from before --whiten-views records none: PCA)
     if mine and measured and mine.get("dim") == measured.get("dim") and measured.get("views", 0) != views:
         flags.append(f"--whiten-views {views}")
-        if mine.get("shrinkage") not in (None, LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE):
+        if mine.get("shrinkage") not in (None, default_shrinkage(views)):
             flags.append(f"--whiten-shrinkage {mine['shrinkage']:g}")
     hint = f" ({' '.join(flags)}, as this run has them)" if flags else ""
     raise InputError(

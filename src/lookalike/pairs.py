@@ -125,7 +125,12 @@ def edited_views(
 
 
 def view_source(
-    extractor: Extractor, images: ImageSet, options: ExtractOptions | None = None, **kwargs: int
+    extractor: Extractor,
+    images: ImageSet,
+    options: ExtractOptions | None = None,
+    *,
+    max_images: int = MAX_IMAGES,
+    seed: int = 0,
 ) -> ViewSource:
     """The :data:`~lookalike.steps.ViewSource` of a gallery whose ``images`` are in vector order:
     views are only drawn when a learned whitening is fitted, and their vectors are kept in the
@@ -136,13 +141,14 @@ def view_source(
     def source(views: int) -> tuple[np.ndarray, np.ndarray]:
         path = None
         if opts.use_cache and opts.cache_dir is not None:
-            path = Path(opts.cache_dir) / "views" / f"{_views_key(extractor, images, views, kwargs)}.npz"
+            key = _views_key(extractor, images, views, max_images, seed)
+            path = Path(opts.cache_dir) / "views" / f"{key}.npz"
             try:
                 with np.load(path, allow_pickle=False) as saved:
                     return saved["rows"], saved["vectors"]
             except (OSError, ValueError, KeyError):  # not there yet (or unreadable): draw them
                 pass
-        rows, vectors = edited_views(extractor, images, views, opts, **kwargs)
+        rows, vectors = edited_views(extractor, images, views, opts, max_images=max_images, seed=seed)
         if path is not None:
             buffer = io.BytesIO()
             np.savez(buffer, rows=rows, vectors=vectors)
@@ -156,15 +162,15 @@ def view_source(
     return source
 
 
-def _views_key(extractor: Extractor, images: ImageSet, views: int, kwargs: dict[str, int]) -> str:
+def _views_key(extractor: Extractor, images: ImageSet, views: int, max_images: int, seed: int) -> str:
     """What the views depend on: the model, how they are drawn, and each gallery file as it is now."""
     from .training.copyaug import CopyAugment
 
     settings = {
         "model": extractor.key,
         "views": views,
-        "max_images": kwargs.get("max_images", MAX_IMAGES),
-        "seed": kwargs.get("seed", 0),
+        "max_images": max_images,
+        "seed": seed,
         "max_side": MAX_SIDE,
         "edits": repr(CopyAugment()),
         "files": [file_key(p) for p in images.paths],

@@ -608,10 +608,7 @@ class GallerySide:
         once, since a server re-ranks against it on every request."""
         if self.images is None:
             assert self.index is not None
-            root = self.index.root
-            return ImageSet(
-                [root / n for n in self.index.names], root, self.index.labels, str(self.index.folder)
-            )
+            return self.index.image_set()
         return self.images.subset(self.kept)
 
     def reconcile(self, refine: Refinement, preset_whitening: bool = False) -> Refinement:

@@ -29,7 +29,7 @@ from .images import ImageSet, load_image
 from .index import GalleryIndex, is_index
 from .metrics import TOP_KS, RetrievalMetrics
 from .pipeline import SearchRun
-from .steps import DEFAULT_SHRINKAGE, LEARNED_SHRINKAGE
+from .steps import default_shrinkage
 
 DEFAULT_THUMB_SIZE = 96
 DEFAULT_PAGE_SIZE = 25
@@ -390,8 +390,7 @@ def _model_text(model: dict[str, Any], refinement: dict[str, Any]) -> str | None
             views = (value or {}).get("views")
             text = f"{label} {dim}-d" if dim else label
             text += f" learned from {views} views" if views else ""
-            default = LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE
-            parts.append(text if shrinkage in (None, default) else f"{text} shrinkage {shrinkage:g}")
+            parts.append(text if shrinkage in (None, default_shrinkage(views or 0)) else f"{text} shrinkage {shrinkage:g}")
         elif key.endswith("rerank"):
             parts.append(f"rerank {value.get('method')} top {value.get('top')}")
         elif key.endswith("regions") and isinstance(value, dict):

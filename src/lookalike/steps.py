@@ -42,6 +42,11 @@ def _blocks(x: np.ndarray):
         yield np.asarray(x[start : start + BLOCK], dtype=np.float64)
 
 
+def default_shrinkage(views: int = 0) -> float:
+    """The default shrinkage of a whitening learned from ``views`` edited views (0: PCA's)."""
+    return LEARNED_SHRINKAGE if views else DEFAULT_SHRINKAGE
+
+
 def check_whiten_dim(whiten_dim: int | None, feature_dim: int) -> None:
     """Refuse a whitening dimension the features cannot give (one check, one message, for the
     search-time and the index-time whitening)."""
@@ -83,36 +88,49 @@ class PCAWhitening:
         if len(x) < 2:
             raise InputError(f"whitening needs at least 2 vectors to fit, got {len(x)}")
         check_whiten_dim(self.dim, x.shape[1])
-        # float64 sums over blocks: a million 512-d vectors never get a float64 copy of their own
-        self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
-        values, vectors = self._principal_axes(x)
-        order = np.argsort(values)[::-1]
-        # identical vectors leave at most rounding noise: nothing to whiten
-        spread = float(values.max()) if len(values) else 0.0
-        rank = int(np.sum(values > spread * 1e-10))
-        if spread <= 1e-12 * max(1.0, float(np.square(self.mean).sum())):
-            raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
-        keep = min(self.dim or rank, rank)
-        values, vectors = values[order][:keep], vectors[:, order][:, :keep]
+        values, vectors = self._strongest_axes(x)
         values = values + self.shrinkage * values.mean()
         self.projection = vectors / np.sqrt(values)
         return self
 
-    def _principal_axes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues and unit eigenvectors (columns) of the covariance of ``x`` about ``self.mean``.
-        With fewer vectors than dimensions (a small gallery of 3,072-d pixels or region vectors),
-        the same non-zero axes come from the n x n Gram matrix, far cheaper than the d x d one."""
+    def _strongest_axes(self, x: np.ndarray, rotate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Set ``self.mean`` from ``x``; return the variances and unit axes (columns) of the ``dim``
+        strongest principal directions of ``x`` (after ``rotate``, d x d, when given), strongest
+        first, at most as many as the rank. Identical vectors are refused."""
+        # float64 sums over blocks: a million 512-d vectors never get a float64 copy of their own
+        self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
+        values, vectors = self._principal_axes(x, rotate)
+        order = np.argsort(values)[::-1]
+        # identical vectors leave at most rounding noise: nothing to whiten
+        spread = float(values.max()) if len(values) else 0.0
+        rank = int(np.sum(values > spread * 1e-10))
+        centre = self.mean if rotate is None else self.mean @ rotate
+        if spread <= 1e-12 * max(1.0, float(np.square(centre).sum())):
+            raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
+        keep = min(self.dim or rank, rank)
+        return values[order][:keep], vectors[:, order][:, :keep]
+
+    def _principal_axes(self, x: np.ndarray, rotate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues and unit eigenvectors (columns) of the covariance of ``x`` about ``self.mean``
+        (mapped by ``rotate`` when given). With fewer vectors than dimensions (a small gallery of
+        3,072-d pixels or region vectors), the same non-zero axes come from the n x n Gram matrix,
+        far cheaper than the d x d one."""
         n, d = x.shape
+
+        def centred(rows: np.ndarray) -> np.ndarray:
+            out = np.asarray(rows, dtype=np.float64) - self.mean
+            return out if rotate is None else out @ rotate
+
         if n <= d:
-            centred = np.asarray(x, dtype=np.float64) - self.mean
-            values, u = np.linalg.eigh(centred @ centred.T / (n - 1))
+            c = centred(x)
+            values, u = np.linalg.eigh(c @ c.T / (n - 1))
             keep = values > max(values.max(), 0.0) * 1e-10
             values = values[keep]
-            return values, centred.T @ u[:, keep] / np.sqrt(values * (n - 1))
+            return values, c.T @ u[:, keep] / np.sqrt(values * (n - 1))
         cov = np.zeros((d, d))
         for block in _blocks(x):
-            centred = block - self.mean
-            cov += centred.T @ centred
+            c = centred(block)
+            cov += c.T @ c
         return np.linalg.eigh(cov / (n - 1))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -193,17 +211,8 @@ class LearnedWhitening(PCAWhitening):
         values, vectors = np.linalg.eigh(within)
         values = np.maximum(values, values.max() * 1e-10)  # shrinkage 0 with fewer pairs than dimensions
         inv_sqrt = (vectors / np.sqrt(values)) @ vectors.T
-        self.mean = sum(block.sum(axis=0) for block in _blocks(x)) / len(x)
-        spread = np.zeros((d, d))
-        for block in _blocks(x):
-            centred = (block - self.mean) @ inv_sqrt
-            spread += centred.T @ centred
-        spread_values, axes = np.linalg.eigh(spread / len(x))
-        if float(spread_values.max()) <= 1e-12:
-            raise InputError(f"whitening needs vectors that differ; all {len(x)} are the same")
-        rank = int(np.sum(spread_values > spread_values.max() * 1e-10))
-        keep = min(self.dim or rank, rank)
-        self.projection = inv_sqrt @ axes[:, ::-1][:, :keep]
+        _, axes = self._strongest_axes(x, rotate=inv_sqrt)  # the gallery's, in the whitened space
+        self.projection = inv_sqrt @ axes
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -319,7 +328,7 @@ class Postprocess:
     @property
     def default_shrinkage(self) -> float:
         """The default shrinkage of this kind of whitening (learned from views, or PCA)."""
-        return LEARNED_SHRINKAGE if self.whiten_views else DEFAULT_SHRINKAGE
+        return default_shrinkage(self.whiten_views)
 
     @property
     def active(self) -> bool:

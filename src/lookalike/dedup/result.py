@@ -629,8 +629,7 @@ def _vector_pairs(
     queries = library.post.queries(raw) if library.post.active else raw
     views = None
     if refine.whiten_views:  # a learned whitening is fitted on edited views of the library's images
-        images = ImageSet([library.root / n for n in library.names], library.root)
-        views = view_source(library.extractor(), images, opts)
+        views = view_source(library.extractor(), library.image_set(), opts)
     queries, gallery, changed = refine.apply(queries, library.search_vectors, views)
     searched = library
     if changed:

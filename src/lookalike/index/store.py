@@ -228,6 +228,12 @@ class GalleryIndex:
         labels = [it.get("label") for it in self.items]
         return None if any(lab is None for lab in labels) else labels
 
+    def image_set(self) -> ImageSet:
+        """Its images as they are named under its root now, in vector order (for what reads the
+        pixels again: re-ranking, a learned whitening's views)."""
+        source = str(self.folder if self.folder is not None else self.root)
+        return ImageSet([self.root / n for n in self.names], self.root, self.labels, source)
+
     @property
     def search_vectors(self) -> np.ndarray:
         """The vectors the backend searches: whitened / augmented when the index has ``post``."""
